@@ -1,0 +1,38 @@
+"""The registry of state stores: names to classes, imported only when chosen."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from pathlib import Path
+
+from ..errors import UsageError
+from .base import StateStore
+
+# name -> "module:Class"; a new store adds one line here and a module beside this one.
+_REGISTRY: dict[str, str] = {
+    "json": "imgfetch.backends.json_store:JsonStore",
+}
+DEFAULT_BACKEND = "json"
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def open_store(name: str, data_dir: Path) -> StateStore:
+    """Create the store called `name` for `data_dir` (not yet opened)."""
+    try:
+        target = _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else ""
+        known = ", ".join(_REGISTRY)
+        raise UsageError(
+            f"unknown backend {name!r}",
+            f"{hint + ' ' if hint else ''}choose one of: {known}",
+        ) from None
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    store: StateStore = cls(data_dir)
+    return store

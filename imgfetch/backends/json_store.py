@@ -1,0 +1,244 @@
+"""The JSON-file store: the spec's image_mapping.json and pending_tasks.json."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..errors import StateError, StorageError
+from ..fsutil import atomic_write_bytes
+from ..paths import FAILED_FILE, MAPPING_FILE, PENDING_FILE
+from .base import Entry, Failure, ProductKey, StateStore
+
+_DAMAGED_HINT = (
+    "imgfetch left it untouched; restore it from a backup, repair the JSON, or move "
+    "it out of the data directory to start that part over (saved images stay)"
+)
+
+
+class JsonStore(StateStore):
+    """Keeps all state in memory and rewrites the three JSON files on `flush`.
+
+    Recorded means flushed: kill -9 loses what was recorded since the last flush
+    (the engine flushes every few seconds), never what was flushed before.
+    Mapping is written before pending, so a kill between the two leaves a product
+    in both (harmless: completed wins) and never in neither.
+    """
+
+    name = "json"
+    durable_on_record = False
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.mapping_path = data_dir / MAPPING_FILE
+        self.pending_path = data_dir / PENDING_FILE
+        self.failed_path = data_dir / FAILED_FILE
+        self._lock = threading.Lock()
+        self._mapping: dict[str, Entry] = {}
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._failures: dict[str, list[Failure]] = {}
+        self._pending_on_disk = False
+        self._failures_on_disk = False
+        self._dirty = False
+
+    def open(self, product_key: ProductKey) -> None:
+        self._mapping = _load_mapping(self.mapping_path)
+        self._failures = _load_failures(self.failed_path)
+        self._failures_on_disk = self.failed_path.exists()
+        raw_pending = _load_json(self.pending_path, list, "a JSON array of products")
+        self._pending_on_disk = raw_pending is not None
+        self._pending = _index_pending(
+            self.pending_path, raw_pending or [], product_key
+        )
+        # A kill between writing the mapping and the pending file leaves a product
+        # in both; the mapping is the truth.
+        for pid in [pid for pid in self._pending if pid in self._mapping]:
+            del self._pending[pid]
+
+    @property
+    def mapping_label(self) -> str:
+        return self.mapping_path.name
+
+    @property
+    def pending_label(self) -> str:
+        return str(self.pending_path)
+
+    def pending_modified(self) -> float | None:
+        try:
+            return self.pending_path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def is_completed(self, product_id: str) -> bool:
+        return product_id in self._mapping
+
+    def completed_count(self) -> int:
+        return len(self._mapping)
+
+    def mapping_entry(self, product_id: str) -> Entry | None:
+        entry = self._mapping.get(product_id)
+        return None if entry is None else {k: list(v) for k, v in entry.items()}
+
+    def pending(self) -> list[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            return list(self._pending.items())
+
+    def has_pending(self) -> bool:
+        return self._pending_on_disk
+
+    def failures(self) -> dict[str, list[Failure]]:
+        with self._lock:
+            return {pid: list(items) for pid, items in self._failures.items()}
+
+    def add_pending(self, products: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        with self._lock:
+            for pid, raw in products:
+                if pid not in self._mapping and pid not in self._pending:
+                    self._pending[pid] = raw
+                    self._dirty = True
+
+    def record_product(
+        self, product_id: str, entry: Entry, failures: list[Failure]
+    ) -> None:
+        with self._lock:
+            self._mapping[product_id] = {k: list(v) for k, v in entry.items()}
+            self._pending.pop(product_id, None)
+            if failures:
+                self._failures[product_id] = list(failures)
+            else:
+                self._failures.pop(product_id, None)
+            self._dirty = True
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            mapping = _dump(self._mapping)
+            pending = _dump(list(self._pending.values())) if self._pending else None
+            failures = (
+                _dump(
+                    {
+                        pid: [f.to_json() for f in fs]
+                        for pid, fs in self._failures.items()
+                    }
+                )
+                if self._failures
+                else None
+            )
+            self._dirty = False
+        try:
+            self._write(mapping, pending, failures)
+        except OSError as exc:
+            self._dirty = True
+            raise StorageError(
+                f"cannot write state in {self.data_dir}: {exc.strerror or exc}",
+                "free disk space or fix permissions, then run again (nothing saved "
+                "before is lost)",
+            ) from exc
+
+    def _write(
+        self, mapping: bytes, pending: bytes | None, failures: bytes | None
+    ) -> None:
+        atomic_write_bytes(self.mapping_path, mapping)
+        if failures is not None:
+            atomic_write_bytes(self.failed_path, failures)
+            self._failures_on_disk = True
+        elif self._failures_on_disk:
+            self.failed_path.unlink(missing_ok=True)
+            self._failures_on_disk = False
+        if pending is not None:
+            atomic_write_bytes(self.pending_path, pending)
+            self._pending_on_disk = True
+        elif self._pending_on_disk:
+            self.pending_path.unlink(missing_ok=True)
+            self._pending_on_disk = False
+
+
+def _dump(value: Any) -> bytes:
+    return (json.dumps(value, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def _load_json(path: Path, kind: type, described: str) -> Any:
+    """Parse a state file, or None when it does not exist; StateError when damaged."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {exc.strerror}") from None
+    if not data.strip():
+        raise StateError(f"{path} is empty (expected {described})", _DAMAGED_HINT)
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise StateError(
+            f"{path}: byte {exc.start} is not UTF-8", _DAMAGED_HINT
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise StateError(
+            f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})",
+            _DAMAGED_HINT,
+        ) from None
+    if not isinstance(value, kind):
+        raise StateError(
+            f"{path}: the top level is {type(value).__name__}, expected {described}",
+            _DAMAGED_HINT,
+        )
+    return value
+
+
+def _index_pending(
+    path: Path, records: list[Any], product_key: ProductKey
+) -> dict[str, dict[str, Any]]:
+    pending: dict[str, dict[str, Any]] = {}
+    for number, raw in enumerate(records, start=1):
+        try:
+            if not isinstance(raw, dict):
+                raise ValueError(f"is {type(raw).__name__}, not an object")
+            pid = product_key(raw)
+        except ValueError as exc:
+            raise StateError(
+                f"{path}: record {number} {exc}",
+                "if the catalog's id field changed, pass the same --id-field as "
+                "before; otherwise " + _DAMAGED_HINT,
+            ) from None
+        pending.setdefault(pid, raw)
+    return pending
+
+
+def _load_mapping(path: Path) -> dict[str, Entry]:
+    mapping = _load_json(path, dict, "an object of product ids")
+    if mapping is None:
+        return {}
+    for pid, entry in mapping.items():
+        if not isinstance(entry, dict) or not all(
+            isinstance(paths, list) and all(isinstance(p, str) for p in paths)
+            for paths in entry.values()
+        ):
+            raise StateError(
+                f"{path}: the entry of product {pid!r} is not "
+                '{"category": ["path", ...]}',
+                _DAMAGED_HINT,
+            )
+    return mapping
+
+
+def _load_failures(path: Path) -> dict[str, list[Failure]]:
+    raw = _load_json(path, dict, "an object of product ids")
+    if raw is None:
+        return {}
+    failures: dict[str, list[Failure]] = {}
+    for pid, items in raw.items():
+        try:
+            if not isinstance(items, list):
+                raise ValueError("not a list")
+            failures[pid] = [Failure.from_json(item) for item in items]
+        except ValueError as exc:
+            raise StateError(
+                f"{path}: the failures of product {pid!r} are damaged ({exc})",
+                _DAMAGED_HINT,
+            ) from None
+    return failures

@@ -1,0 +1,313 @@
+"""Reading a product catalog (JSON array or JSON Lines) into products and image refs."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import CatalogError, UsageError
+
+ID_FALLBACKS = ("id", "item_id", "product_id", "num_iid", "goods_id")
+DEFAULT_FIELDS = {"main": "main_images", "sku": "sku_images", "qc": "qc_images"}
+URL_KEYS = ("url", "image", "src")
+FETCHABLE_SCHEMES = ("http", "https")
+_CATEGORY_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
+_JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """One image of a product: where it comes from and which slot it fills."""
+
+    category: str
+    index: int  # 1-based position within the category, in input order
+    url: str
+    problem: str | None = None  # set when the URL can never be fetched
+
+    @property
+    def stem(self) -> str:
+        return f"{self.category}_{self.index}"
+
+
+@dataclass(slots=True)
+class Product:
+    """A catalog record: its id, its images, and the dict exactly as read."""
+
+    id: str
+    raw: dict[str, Any]
+    images: tuple[ImageRef, ...]
+
+
+@dataclass(frozen=True)
+class CatalogOptions:
+    """How records are interpreted: id field, image fields, URL scheme."""
+
+    id_field: str | None = None
+    fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_FIELDS))
+    default_scheme: str = "https"
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(self.fields)
+
+
+@dataclass
+class Catalog:
+    """The products of one input, deduplicated, with what was dropped on the way."""
+
+    products: list[Product]
+    duplicates: int = 0
+    duplicate_example: str = ""
+    invalid: int = 0
+    first_invalid: str = ""
+
+
+class InvalidRecord(ValueError):
+    """A record that cannot become a product; the caller adds where it is."""
+
+
+def parse_field_overrides(specs: list[str]) -> dict[str, str]:
+    """Turn repeated `CATEGORY=FIELD` options into the category-to-field map."""
+    fields = dict(DEFAULT_FIELDS)
+    for spec in specs:
+        category, sep, name = spec.partition("=")
+        category, name = category.strip(), name.strip()
+        if not sep or not name:
+            raise UsageError(
+                f"--field {spec!r} is not CATEGORY=FIELD",
+                "write it like --field qc=qc_photos",
+            )
+        if not _CATEGORY_RE.match(category):
+            raise UsageError(
+                f"--field category {category!r} is not a plain name",
+                "use lower-case letters, digits and _ (it becomes part of file names)",
+            )
+        fields[category] = name
+    return fields
+
+
+def normalize_url(value: str, default_scheme: str) -> tuple[str, str | None]:
+    """Trim and complete a URL; the second value says why it cannot be fetched."""
+    url = value.strip()
+    if url.startswith("//"):
+        url = f"{default_scheme}:{url}"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return url, f"malformed URL ({exc})"
+    scheme = parts.scheme.lower()
+    if scheme not in FETCHABLE_SCHEMES:
+        return url, f"unsupported URL scheme {scheme or '(none)'!r}"
+    if not parts.hostname:
+        return url, "URL has no host"
+    return url, None
+
+
+def product_id(record: Mapping[str, Any], id_field: str | None) -> str:
+    """The record's id as a string, from --id-field or the first fallback present."""
+    names = (id_field,) if id_field else ID_FALLBACKS
+    for name in names:
+        if name in record and record[name] is not None:
+            return _id_text(record[name], name)
+    raise InvalidRecord(f"has no product id (looked for {', '.join(names)})")
+
+
+def _id_text(value: Any, name: str) -> str:
+    # bool is an int subclass; an id of true is a data error, not the id "True".
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InvalidRecord(f"field {name!r} is {type(value).__name__}, not an id")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise InvalidRecord(f"field {name!r} is {value!r}, not an id")
+        value = int(value)
+    text = str(value)
+    if not text.strip():
+        raise InvalidRecord(f"field {name!r} is empty")
+    return text
+
+
+def _field_urls(value: Any, name: str) -> list[str]:
+    """The URL strings a field holds, in order; blank and null entries are none."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if not isinstance(value, list):
+        raise InvalidRecord(
+            f"field {name!r} is {type(value).__name__}; expected a list of URLs"
+        )
+    urls = []
+    for position, item in enumerate(value):
+        url = _item_url(item, f"{name}[{position}]")
+        if url is not None and url.strip():
+            urls.append(url)
+    return urls
+
+
+def _item_url(item: Any, where: str) -> str | None:
+    if item is None or isinstance(item, str):
+        return item
+    if isinstance(item, dict):
+        for key in URL_KEYS:
+            if key in item:
+                found = item[key]
+                if found is None or isinstance(found, str):
+                    return found
+                raise InvalidRecord(f"{where}.{key} is {type(found).__name__}")
+        raise InvalidRecord(f"{where} is an object without {'/'.join(URL_KEYS)}")
+    raise InvalidRecord(
+        f"{where} is {type(item).__name__}; expected a URL or an object with url"
+    )
+
+
+def parse_product(record: Any, options: CatalogOptions) -> Product:
+    """Build a Product from one record, or raise InvalidRecord saying why not."""
+    if not isinstance(record, dict):
+        raise InvalidRecord(f"is {type(record).__name__}, not an object")
+    pid = product_id(record, options.id_field)
+    images = []
+    for category, name in options.fields.items():
+        urls = _field_urls(record.get(name), name)
+        for index, raw_url in enumerate(urls, start=1):
+            url, problem = normalize_url(raw_url, options.default_scheme)
+            images.append(ImageRef(category, index, url, problem))
+    return Product(pid, record, tuple(images))
+
+
+def read_catalog(
+    path: Path, options: CatalogOptions, *, skip_invalid: bool = False
+) -> Catalog:
+    """Read and validate a whole catalog; raise CatalogError on the first problem."""
+    catalog = Catalog(products=[])
+    seen: set[str] = set()
+    for where, record in iter_records(path):
+        try:
+            product = parse_product(record, options)
+        except InvalidRecord as exc:
+            if not skip_invalid:
+                raise CatalogError(
+                    f"{path}: {where} {exc}",
+                    "fix the record, or pass --skip-invalid to skip bad records",
+                ) from None
+            catalog.invalid += 1
+            catalog.first_invalid = catalog.first_invalid or f"{where} {exc}"
+            continue
+        if product.id in seen:
+            catalog.duplicates += 1
+            catalog.duplicate_example = catalog.duplicate_example or product.id
+            continue
+        seen.add(product.id)
+        catalog.products.append(product)
+    return catalog
+
+
+def iter_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield (location, record) from a JSON array or, for .jsonl, JSON Lines."""
+    text = _read_text(path)
+    if path.suffix.lower() in _JSONL_SUFFIXES:
+        yield from _iter_json_lines(path, text)
+    else:
+        yield from _iter_json_array(path, text)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CatalogError(
+            f"input file {str(path)!r} not found", "pass the path of your catalog"
+        ) from None
+    except IsADirectoryError:
+        raise CatalogError(
+            f"input {str(path)!r} is a directory", "pass the catalog file inside it"
+        ) from None
+    except OSError as exc:
+        raise CatalogError(f"cannot read input {str(path)!r}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CatalogError(
+            f"{path}: byte {exc.start} is not UTF-8", "save the catalog as UTF-8"
+        ) from None
+
+
+def _iter_json_lines(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CatalogError(
+                f"{path}: line {lineno}, column {exc.colno}: invalid JSON ({exc.msg})",
+                "fix or remove that line",
+            ) from None
+        yield f"line {lineno}:", record
+
+
+_WS = re.compile(r"\s*")
+
+
+def _iter_json_array(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    """Decode the array one element at a time so each error has a line number."""
+    decoder = json.JSONDecoder()
+    pos = _WS.match(text, 0).end()  # type: ignore[union-attr]
+    if pos == len(text):
+        raise CatalogError(f"{path}: the file is empty", "expected a JSON array")
+    if text[pos] != "[":
+        _raise_not_array(path, text, pos)
+    pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+    number, line, counted_to = 0, 1, 0
+    if text.startswith("]", pos):
+        _expect_end(path, text, pos + 1)
+        return
+    while True:
+        number += 1
+        try:
+            record, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            _raise_json(path, exc)
+        # Count newlines incrementally: recounting from 0 is quadratic in big files.
+        line += text.count("\n", counted_to, pos)
+        counted_to = pos
+        yield f"record {number} (line {line}):", record
+        pos = _WS.match(text, end).end()  # type: ignore[union-attr]
+        if text.startswith(",", pos):
+            pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+            continue
+        if text.startswith("]", pos):
+            _expect_end(path, text, pos + 1)
+            return
+        _raise_json(
+            path, json.JSONDecodeError("Expecting ',' delimiter or ']'", text, pos)
+        )
+
+
+def _raise_not_array(path: Path, text: str, pos: int) -> None:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _raise_json(path, exc)
+    kind = type(value).__name__
+    raise CatalogError(
+        f"{path}: the top level is {kind}, not a list of products",
+        "write a JSON array [ {...}, ... ] or JSON Lines in a .jsonl file",
+    )
+
+
+def _expect_end(path: Path, text: str, pos: int) -> None:
+    pos = _WS.match(text, pos).end()  # type: ignore[union-attr]
+    if pos != len(text):
+        _raise_json(path, json.JSONDecodeError("Extra data", text, pos))
+
+
+def _raise_json(path: Path, exc: json.JSONDecodeError) -> None:
+    raise CatalogError(
+        f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})",
+        "fix the file (a truncated download or a missing comma is common)",
+    ) from None

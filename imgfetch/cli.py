@@ -1,0 +1,397 @@
+"""The command line: options, and the one boundary that maps errors to exit codes."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import threading
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import __version__
+from .backends import DEFAULT_BACKEND, backend_names
+from .catalog import CatalogOptions, parse_field_overrides
+from .console import setup_logging
+from .engine import WORKER_THREAD_PREFIX, EngineConfig
+from .errors import EXIT_CODE_TABLE, ExitCode, ImgfetchError, UsageError
+from .fetch import DEFAULT_USER_AGENT, FetchConfig
+from .messages import Lang, Messages, detect_lang
+from .progress import line_writer
+from .runner import Reporter, RunOptions, run_download
+
+EXIT_CODES_HELP = "Exit codes: " + "; ".join(
+    f"{int(code)} {text}" for code, text in EXIT_CODE_TABLE
+)
+
+app = typer.Typer(
+    name="imgfetch",
+    help=(
+        "Download every image of a product catalog, interrupt-safe: Ctrl+C, "
+        "SIGTERM or kill -9 lose at most the images in flight.\n\n" + EXIT_CODES_HELP
+    ),
+    add_completion=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class ProgressMode(str, Enum):
+    auto = "auto"
+    rich = "rich"
+    plain = "plain"
+    none = "none"
+
+
+class LangChoice(str, Enum):
+    auto = "auto"
+    en = "en"
+    zh = "zh"
+
+
+DataDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir", "-d", help="Where images and state files go.", show_default=True
+    ),
+]
+Backend = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        envvar="IMGFETCH_BACKEND",
+        help=f"State store: {', '.join(backend_names())}.",
+    ),
+]
+Workers = Annotated[int, typer.Option("--workers", "-w", help="Parallel downloads.")]
+SaveEvery = Annotated[
+    int, typer.Option(help="Save the mapping after this many products.")
+]
+SaveInterval = Annotated[
+    float, typer.Option(help="...or after this many seconds, whichever comes first.")
+]
+Grace = Annotated[
+    float,
+    typer.Option(help="Seconds in-flight downloads get to finish after Ctrl+C."),
+]
+Progress = Annotated[
+    ProgressMode,
+    typer.Option(help="auto: a live display in a terminal, plain lines elsewhere."),
+]
+LangOpt = Annotated[
+    LangChoice, typer.Option("--lang", help="Message language; auto follows LANG.")
+]
+IdField = Annotated[
+    str | None,
+    typer.Option(
+        help="Field holding the product id (default: id, item_id, product_id, "
+        "num_iid, goods_id; the first present)."
+    ),
+]
+Fields = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--field",
+        help="CATEGORY=FIELD, repeatable (default main=main_images, "
+        "sku=sku_images, qc=qc_images).",
+    ),
+]
+Scheme = Annotated[
+    str, typer.Option(help="Scheme for protocol-relative URLs (//host/path).")
+]
+ConnectTimeout = Annotated[float, typer.Option(help="Seconds to connect.")]
+ReadTimeout = Annotated[float, typer.Option(help="Seconds of silence while reading.")]
+Deadline = Annotated[float, typer.Option(help="Seconds per image, retries included.")]
+Retries = Annotated[int, typer.Option(help="Retries of an image on transient errors.")]
+MaxBytes = Annotated[int, typer.Option(help="Largest image accepted, in bytes.")]
+UserAgent = Annotated[str, typer.Option(help="User-Agent header.")]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")
+]
+
+
+def _run_options(
+    *,
+    data_dir: Path,
+    backend: str,
+    workers: int,
+    save_every: int,
+    save_interval: float,
+    grace_period: float,
+    progress: ProgressMode,
+    id_field: str | None,
+    fields: list[str] | None,
+    default_scheme: str,
+    connect_timeout: float,
+    read_timeout: float,
+    deadline: float,
+    retries: int,
+    max_bytes: int,
+    user_agent: str,
+) -> RunOptions:
+    _check_positive("--workers", workers, minimum=1, maximum=512)
+    _check_positive("--save-every", save_every, minimum=1)
+    for name, value in (
+        ("--save-interval", save_interval),
+        ("--grace-period", grace_period),
+        ("--connect-timeout", connect_timeout),
+        ("--read-timeout", read_timeout),
+        ("--deadline", deadline),
+    ):
+        if not value >= 0:  # also rejects NaN
+            raise UsageError(f"{name} {value} is negative", f"give {name} 0 or more")
+    _check_positive("--retries", retries, minimum=0, maximum=100)
+    _check_positive("--max-bytes", max_bytes, minimum=1)
+    if default_scheme not in ("http", "https"):
+        raise UsageError(
+            f"--default-scheme {default_scheme!r} is not http or https",
+            "use --default-scheme https (or http)",
+        )
+    field_map = parse_field_overrides(fields or [])
+    return RunOptions(
+        data_dir=data_dir,
+        backend=backend,
+        catalog=CatalogOptions(id_field or None, field_map, default_scheme),
+        engine=EngineConfig(
+            workers=workers,
+            save_every=save_every,
+            save_interval=save_interval,
+            grace_period=grace_period,
+            categories=tuple(field_map),
+        ),
+        fetch=FetchConfig(
+            connect_timeout=max(connect_timeout, 0.1),
+            read_timeout=max(read_timeout, 0.1),
+            deadline=max(deadline, 0.1),
+            retries=retries,
+            max_bytes=max_bytes,
+            user_agent=user_agent,
+            pool_size=workers,
+        ),
+        progress=progress.value,
+    )
+
+
+def _check_positive(
+    name: str, value: int, *, minimum: int, maximum: int | None = None
+) -> None:
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        raise UsageError(f"{name} {value} is out of range", f"use a value {bounds}")
+
+
+def _messages(lang: LangChoice) -> Messages:
+    chosen: Lang = detect_lang() if lang is LangChoice.auto else lang.value  # type: ignore[assignment]
+    return Messages(chosen)
+
+
+@app.command()
+def download(
+    input_path: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[INPUT]",
+            help="Catalog: a JSON array of products, or JSON Lines (.jsonl). "
+            "Default: DATA_DIR/products.json.",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: DataDir = Path("data_clean"),
+    backend: Backend = DEFAULT_BACKEND,
+    workers: Workers = 8,
+    save_every: SaveEvery = 100,
+    save_interval: SaveInterval = 5.0,
+    grace_period: Grace = 2.0,
+    progress: Progress = ProgressMode.auto,
+    lang: LangOpt = LangChoice.auto,
+    id_field: IdField = None,
+    field: Fields = None,
+    default_scheme: Scheme = "https",
+    skip_invalid: Annotated[
+        bool, typer.Option(help="Skip bad records with a warning instead of stopping.")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Only download again the images in failed_images.json.")
+    ] = False,
+    connect_timeout: ConnectTimeout = 10.0,
+    read_timeout: ReadTimeout = 30.0,
+    deadline: Deadline = 180.0,
+    retries: Retries = 3,
+    max_bytes: MaxBytes = 50 * 1024 * 1024,
+    user_agent: UserAgent = DEFAULT_USER_AGENT,
+    verbose: Verbose = False,
+) -> None:
+    """Download the catalog's images; pending work from an interrupted run goes first."""
+    setup_logging(verbose)
+    options = _run_options(**_common(locals()))
+    msg = _messages(lang)
+    source = input_path if input_path is not None else data_dir / "products.json"
+    code = run_download(
+        options,
+        Reporter(msg, line_writer()),
+        source,
+        skip_invalid=skip_invalid,
+        retry_failed=retry_failed,
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def resume(
+    data_dir: DataDir = Path("data_clean"),
+    backend: Backend = DEFAULT_BACKEND,
+    workers: Workers = 8,
+    save_every: SaveEvery = 100,
+    save_interval: SaveInterval = 5.0,
+    grace_period: Grace = 2.0,
+    progress: Progress = ProgressMode.auto,
+    lang: LangOpt = LangChoice.auto,
+    id_field: IdField = None,
+    field: Fields = None,
+    default_scheme: Scheme = "https",
+    connect_timeout: ConnectTimeout = 10.0,
+    read_timeout: ReadTimeout = 30.0,
+    deadline: Deadline = 180.0,
+    retries: Retries = 3,
+    max_bytes: MaxBytes = 50 * 1024 * 1024,
+    user_agent: UserAgent = DEFAULT_USER_AGENT,
+    verbose: Verbose = False,
+) -> None:
+    """Finish only the pending tasks of an interrupted run; no catalog needed."""
+    setup_logging(verbose)
+    options = _run_options(**_common(locals()))
+    code = run_download(options, Reporter(_messages(lang), line_writer()), None)
+    raise typer.Exit(code)
+
+
+@app.command("inspect-pending")
+def inspect_pending(
+    data_dir: DataDir = Path("data_clean"),
+    backend: Backend = DEFAULT_BACKEND,
+    id_field: IdField = None,
+    field: Fields = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+    first: Annotated[int, typer.Option(help="How many ids to list.")] = 10,
+    lang: LangOpt = LangChoice.auto,
+    verbose: Verbose = False,
+) -> None:
+    """Show what is pending; safe while a download runs."""
+    from .pending_report import inspect_pending as run_inspect
+
+    setup_logging(verbose)
+    catalog = CatalogOptions(id_field or None, parse_field_overrides(field or []))
+    code = run_inspect(
+        data_dir, backend, catalog, _messages(lang), as_json=as_json, first=first
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    folder: Annotated[
+        Path, typer.Option("--dir", help="Folder for the demo catalog and data.")
+    ] = Path("imgfetch-demo"),
+    products: Annotated[int, typer.Option(help="Products in the catalog.")] = 60,
+    delay: Annotated[float, typer.Option(help="Seconds each image takes.")] = 0.3,
+    faults: Annotated[
+        float, typer.Option(help="Share of first attempts that fail (0..1).")
+    ] = 0.0,
+    port: Annotated[int, typer.Option(help="Port of the demo server.")] = 8765,
+    workers: Workers = 8,
+    progress: Progress = ProgressMode.auto,
+    lang: LangOpt = LangChoice.auto,
+    verbose: Verbose = False,
+) -> None:
+    """Serve a generated catalog on 127.0.0.1 and download it: try Ctrl+C and rerun."""
+    from .demo import run_demo
+
+    setup_logging(verbose)
+    if not 0 <= faults <= 1:
+        raise UsageError(f"--faults {faults} is not between 0 and 1")
+    _check_positive("--products", products, minimum=1, maximum=100_000)
+    _check_positive("--workers", workers, minimum=1, maximum=512)
+    code = run_demo(
+        folder,
+        products=products,
+        delay=delay,
+        faults=faults,
+        port=port,
+        workers=workers,
+        progress=progress.value,
+        msg=_messages(lang),
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def _common(values: dict[str, Any]) -> dict[str, Any]:
+    """The command's parameters that _run_options takes (`--field` is `fields`)."""
+    wanted = inspect.signature(_run_options).parameters
+    common = {name: values[name] for name in wanted if name in values}
+    common["fields"] = values["field"]
+    return common
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code; every error family ends here."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in args or "-v" in args
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args, prog_name="imgfetch", standalone_mode=False)
+    except ImgfetchError as exc:
+        _error(str(exc), verbose)
+        return int(exc.exit_code)
+    except typer.TyperException as exc:  # click's usage errors, vendored by typer
+        message = getattr(exc, "format_message", lambda: str(exc))()
+        _error(f"{message} (see imgfetch --help)", verbose)
+        return int(getattr(exc, "exit_code", ExitCode.BAD_INPUT))
+    except KeyboardInterrupt:
+        return int(ExitCode.SIGINT)
+    except Exception as exc:
+        _error(f"internal error: {exc!r} (run with --verbose for details)", verbose)
+        return 70
+    return result if isinstance(result, int) else 0
+
+
+def _error(message: str, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exc()
+    lang = detect_lang()
+    prefix = Messages(lang)("error_prefix")
+    line = " ".join(message.split())  # one line, whatever the cause contained
+    try:
+        sys.stderr.write(f"imgfetch: {prefix}: {line}\n")
+        sys.stderr.flush()
+    except OSError:
+        pass
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    code = main()
+    # A worker stuck in a socket read cannot be stopped; its state is already
+    # saved, so end the process without waiting on it (daemon threads can also
+    # crash interpreter shutdown while they hold stdio locks).
+    stuck = [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith(WORKER_THREAD_PREFIX) and t.is_alive()
+    ]
+    if stuck:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)

@@ -1,0 +1,413 @@
+"""The download engine: runs products' images on worker threads and records results.
+
+Threads and what they own:
+- the main thread owns all state: it starts products, receives results, records
+  completed products in the store, drives the progress view and reacts to signals;
+- worker threads only download: they take a job from `jobs` and put the outcome on
+  `results`. They are daemon threads, because one blocked in a socket read cannot be
+  stopped, and shutdown must not wait for it past the grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backends.base import Entry, Failure, StateStore
+from .catalog import ImageRef, Product
+from .errors import StorageError
+from .fetch import Aborted, Fetcher, ImageFailed, SavedImage
+from .fsutil import fsync_dir
+from .paths import IMAGES_DIR, image_relpath, is_temp_name, product_dir
+from .progress import ProductLine, ProgressView, Tally
+from .signals import SignalWatcher
+from .sniff import EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+WORKER_THREAD_PREFIX = "imgfetch-worker"
+_IMAGE_EXTENSIONS = frozenset(EXTENSIONS.values())
+_INDEX_RE = re.compile(r"_(\d+)\.[^./]+$")
+_POLL = 0.1  # seconds; how quickly the main thread notices a signal
+_STARTS_PER_TURN = 256  # products started between two looks at the signal flag
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    workers: int = 8
+    save_every: int = 100
+    save_interval: float = 5.0
+    grace_period: float = 2.0
+    categories: tuple[str, ...] = ("main", "sku", "qc")
+
+
+@dataclass
+class RunResult:
+    """How a run ended, for the messages and the exit code."""
+
+    signal: int | None = None
+    completed: int = 0  # products in the mapping, all runs together
+    pending: int = 0
+    failures: int = 0  # images recorded as failed, all products together
+    tally: Tally = field(default_factory=Tally)
+
+
+class _Skipped:
+    """Outcome of a job that was never started because the run is stopping."""
+
+
+SKIPPED = _Skipped()
+
+
+@dataclass
+class _Fatal:
+    error: OSError
+
+
+Outcome = SavedImage | Failure | _Skipped | _Fatal
+
+
+@dataclass
+class _ProductRun:
+    product: Product
+    folder: Path
+    merge_into: Entry | None  # retrying failed images: the entry to complete
+    saved: dict[tuple[str, int], str] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    outstanding: int = 0
+    incomplete: bool = False
+
+
+@dataclass
+class _Job:
+    run: _ProductRun
+    image: ImageRef
+
+
+class Engine:
+    """Downloads a list of products with a pool of workers; see the module doc."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        store: StateStore,
+        fetcher: Fetcher,
+        config: EngineConfig,
+        view: ProgressView,
+        tally: Tally,
+        signals: SignalWatcher,
+        say: Callable[..., None],
+    ) -> None:
+        self.data_dir = data_dir
+        self.store = store
+        self.fetcher = fetcher
+        self.config = config
+        self.view = view
+        self.tally = tally
+        self.signals = signals
+        self.say = say
+        self.jobs: queue.Queue[_Job | None] = queue.Queue()
+        self.results: queue.Queue[tuple[_Job, Outcome]] = queue.Queue()
+        self.stop_starting = threading.Event()
+        self._outstanding = 0
+        self._done = 0
+        self._total = 0
+        self._since_flush = 0
+        self._last_flush = time.monotonic()
+        self._flush_cost = 0.0
+        self._dirty_dirs: set[Path] = set()
+        self._workers: list[threading.Thread] = []
+
+    def run(
+        self, products: Iterable[Product], total: int, done_before: int, merge: bool
+    ) -> RunResult:
+        """Download every product; return early, state saved, on a signal."""
+        todo = deque(products)
+        self._total, self._done = total, done_before
+        self._start_workers()
+        try:
+            self.view.begin(total, done_before)
+            if self._loop(todo, merge):
+                self._shutdown()
+            else:
+                self.view.end()
+                self._flush()
+        except StorageError:
+            # Keep what was recorded before the disk filled up, if it still fits.
+            self.stop_starting.set()
+            self.fetcher.abort.set()
+            with contextlib.suppress(StorageError):
+                self._flush()
+            raise
+        finally:
+            self.view.end()
+            self._stop_workers()
+        return RunResult(
+            signal=self.signals.first_signal if self.stop_starting.is_set() else None,
+            completed=self.store.completed_count(),
+            pending=len(self.store.pending()),
+            failures=sum(len(f) for f in self.store.failures().values()),
+            tally=self.tally,
+        )
+
+    # -- the main loop -----------------------------------------------------------
+
+    def _loop(self, todo: deque[Product], merge: bool) -> bool:
+        """Run until everything is done (False) or a signal arrives (True)."""
+        while todo or self._outstanding:
+            if self.signals.triggered.is_set():
+                return True
+            self._dispatch(todo, merge)
+            self._collect(_POLL)
+            self._maybe_flush()
+        return self.signals.triggered.is_set() and bool(self.store.pending())
+
+    def _dispatch(self, todo: deque[Product], merge: bool) -> None:
+        # Keep only a couple of jobs per worker queued: the order of the input is
+        # kept, memory stays flat, and few products are in flight at an interrupt.
+        started = 0
+        limit = 2 * self.config.workers
+        while todo and self._outstanding < limit and started < _STARTS_PER_TURN:
+            self._start_product(todo.popleft(), merge)
+            started += 1
+
+    def _start_product(self, product: Product, merge: bool) -> None:
+        folder = product_dir(self.data_dir, product.id)
+        entry = self.store.mapping_entry(product.id) if merge else None
+        run = _ProductRun(product, folder, merge_into=entry or ({} if merge else None))
+        existing = _existing_images(folder)
+        for image in product.images:
+            if image.stem in existing:
+                # Saved by an earlier, interrupted run: files at final names are whole.
+                run.saved[(image.category, image.index)] = image_relpath(
+                    product.id, image.stem, existing[image.stem]
+                )
+                self.tally.per_category[image.category] += 1
+                self.tally.images += 1
+            elif image.problem:
+                run.failures.append(
+                    Failure(image.category, image.index, image.url, image.problem, 0)
+                )
+                self.tally.failed += 1
+            else:
+                run.outstanding += 1
+                self._outstanding += 1
+                self.jobs.put(_Job(run, image))
+        if run.outstanding == 0:
+            self._finish_product(run)
+
+    def _collect(self, timeout: float) -> None:
+        try:
+            job, outcome = self.results.get(timeout=timeout)
+        except queue.Empty:
+            return
+        self._handle(job, outcome)
+        while True:
+            try:
+                job, outcome = self.results.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(job, outcome)
+
+    def _handle(self, job: _Job, outcome: Outcome) -> None:
+        run, image = job.run, job.image
+        run.outstanding -= 1
+        self._outstanding -= 1
+        if isinstance(outcome, SavedImage):
+            relpath = image_relpath(run.product.id, image.stem, _ext(outcome.filename))
+            run.saved[(image.category, image.index)] = relpath
+            self.tally.per_category[image.category] += 1
+            self.tally.images += 1
+            self.tally.bytes += outcome.size
+            self._dirty_dirs.add(run.folder)
+        elif isinstance(outcome, Failure):
+            log.warning(
+                "product %s: %s image %d failed: %s",
+                run.product.id,
+                image.category,
+                image.index,
+                outcome.reason,
+            )
+            run.failures.append(outcome)
+            self.tally.failed += 1
+        elif isinstance(outcome, _Fatal):
+            raise _storage_error(outcome.error, run.folder)
+        else:
+            run.incomplete = True
+        if run.outstanding == 0 and not run.incomplete:
+            self._finish_product(run)
+
+    def _finish_product(self, run: _ProductRun) -> None:
+        entry = _build_entry(run, self.config.categories)
+        failures = sorted(run.failures, key=lambda f: (f.category, f.index))
+        self.store.record_product(run.product.id, entry, failures)
+        self._since_flush += 1
+        self._done += 1
+        self.tally.products += 1
+        counts = {c: len(entry.get(c, [])) for c in self.config.categories}
+        line = ProductLine(
+            self._done, self._total, run.product.id, counts, len(failures)
+        )
+        self.view.product_finished(line)
+
+    # -- saving ------------------------------------------------------------------
+
+    def _maybe_flush(self) -> None:
+        if not self._since_flush:
+            return
+        now = time.monotonic()
+        due = (
+            self._since_flush >= self.config.save_every
+            or now - self._last_flush >= self.config.save_interval
+        )
+        # A big JSON mapping is slow to rewrite: never spend more than about a
+        # tenth of the run persisting it, whatever --save-every says.
+        if due and now - self._last_flush >= 9 * self._flush_cost:
+            self._flush()
+
+    def _flush(self) -> None:
+        began = time.monotonic()
+        # Images must be durable before a mapping that names them.
+        for folder in self._dirty_dirs:
+            fsync_dir(folder)
+        if self._dirty_dirs:
+            fsync_dir(self.data_dir / IMAGES_DIR)
+        self._dirty_dirs.clear()
+        self.store.flush()
+        self._since_flush = 0
+        self._last_flush = time.monotonic()
+        self._flush_cost = self._last_flush - began
+
+    # -- shutdown ----------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Stop starting work, give in-flight images the grace period, save."""
+        self.view.end()
+        self.say("blank")
+        self.say("rule")
+        self.say("interrupted")
+        self.say("rule")
+        self.say("waiting")
+        self.stop_starting.set()
+        self._drain_unstarted()
+        deadline = time.monotonic() + self.config.grace_period
+        while self._outstanding and time.monotonic() < deadline:
+            if self.signals.count > 1:
+                self.say("second_interrupt")
+                break
+            self._collect(0.05)
+        self.fetcher.abort.set()
+        self.say("saving")
+        self._flush()
+
+    def _drain_unstarted(self) -> None:
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                self._handle(job, SKIPPED)
+
+    # -- workers -----------------------------------------------------------------
+
+    def _start_workers(self) -> None:
+        for number in range(self.config.workers):
+            thread = threading.Thread(
+                target=self._work, name=f"{WORKER_THREAD_PREFIX}-{number}", daemon=True
+            )
+            thread.start()
+            self._workers.append(thread)
+
+    def _stop_workers(self) -> None:
+        self.stop_starting.set()
+        self.fetcher.abort.set()
+        for _ in self._workers:
+            self.jobs.put(None)
+        # Idle workers exit at once; one stuck in a socket read is left behind (it is
+        # a daemon thread, and the CLI ends the process without waiting for it).
+        for thread in self._workers:
+            thread.join(timeout=0.2)
+
+    def _work(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            self.results.put((job, self._run_job(job)))
+
+    def _run_job(self, job: _Job) -> Outcome:
+        if self.stop_starting.is_set():
+            return SKIPPED
+        image = job.image
+        try:
+            return self.fetcher.fetch(image.url, job.run.folder, image.stem)
+        except ImageFailed as exc:
+            return Failure(
+                image.category, image.index, image.url, exc.reason, exc.attempts
+            )
+        except Aborted:
+            return SKIPPED
+        except OSError as exc:
+            return _Fatal(exc)
+        except Exception as exc:  # a bug must fail one image, not kill the worker
+            log.exception("unexpected error downloading %s", image.url)
+            return Failure(
+                image.category, image.index, image.url, f"internal error: {exc!r}"
+            )
+
+
+def _existing_images(folder: Path) -> dict[str, str]:
+    """Stems already saved in a product's folder, with their extensions."""
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    found = {}
+    for name in names:
+        stem, dot, ext = name.rpartition(".")
+        if dot and ext in _IMAGE_EXTENSIONS and not is_temp_name(name):
+            found[stem] = ext
+    return found
+
+
+def _build_entry(run: _ProductRun, categories: tuple[str, ...]) -> Entry:
+    if run.merge_into is not None:
+        entry = {c: list(paths) for c, paths in run.merge_into.items()}
+    else:
+        entry = {}
+    for category in categories:
+        entry.setdefault(category, [])
+    for (category, _index), path in run.saved.items():
+        paths = entry.setdefault(category, [])
+        if path not in paths:
+            paths.append(path)
+    for paths in entry.values():
+        paths.sort(key=_index_of)
+    return entry
+
+
+def _index_of(path: str) -> int:
+    match = _INDEX_RE.search(path)
+    return int(match.group(1)) if match else 0
+
+
+def _ext(filename: str) -> str:
+    return filename.rpartition(".")[2]
+
+
+def _storage_error(error: OSError, folder: Path) -> StorageError:
+    return StorageError(
+        f"cannot write images in {folder}: {error.strerror or error}",
+        "free disk space or fix permissions, then run again to resume",
+    )

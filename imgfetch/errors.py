@@ -1,0 +1,80 @@
+"""The exception tree and the exit codes that the CLI boundary maps it to."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes; the README and `imgfetch --help` show the same table."""
+
+    OK = 0
+    FAILURES = 1  # every product done, but some images could not be saved
+    BAD_INPUT = 2  # bad usage, bad catalog, damaged state file
+    BUSY = 3  # another imgfetch holds the data directory
+    IO_ERROR = 4  # the data directory cannot be written (disk full, permissions)
+    SIGINT = 130  # interrupted by Ctrl+C, state saved
+    SIGTERM = 143  # terminated, state saved
+
+
+EXIT_CODE_TABLE: tuple[tuple[int, str], ...] = (
+    (ExitCode.OK, "all products done, every image saved"),
+    (
+        ExitCode.FAILURES,
+        "all products done, some images failed (see failed_images.json)",
+    ),
+    (
+        ExitCode.BAD_INPUT,
+        "bad usage, bad catalog or damaged state file; nothing changed",
+    ),
+    (ExitCode.BUSY, "the data directory is in use by another imgfetch"),
+    (
+        ExitCode.IO_ERROR,
+        "the data directory could not be written (disk full, permissions)",
+    ),
+    (ExitCode.SIGINT, "interrupted by Ctrl+C (SIGINT), progress saved"),
+    (ExitCode.SIGTERM, "terminated by SIGTERM, progress saved"),
+)
+
+
+class ImgfetchError(Exception):
+    """Root of every error imgfetch reports to a user.
+
+    The message is one line that names the bad value; `hint` says what to do.
+    """
+
+    exit_code: ExitCode = ExitCode.BAD_INPUT
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}; {self.hint}"
+        return self.message
+
+
+class UsageError(ImgfetchError):
+    """An option or argument has a value imgfetch cannot use."""
+
+
+class CatalogError(ImgfetchError):
+    """The input catalog cannot be read: broken JSON, wrong shape, bad record."""
+
+
+class StateError(ImgfetchError):
+    """A state file in the data directory is damaged or was written by another store."""
+
+
+class DataDirBusyError(ImgfetchError):
+    """Another imgfetch process holds the lock of the data directory."""
+
+    exit_code = ExitCode.BUSY
+
+
+class StorageError(ImgfetchError):
+    """Writing to the data directory failed (disk full, permission denied)."""
+
+    exit_code = ExitCode.IO_ERROR

@@ -1,0 +1,85 @@
+"""Durable file writes: temporary file, fsync, rename, fsync of the folder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from .paths import TEMP_PREFIX, TEMP_SUFFIX, is_temp_name
+
+
+def _current_umask() -> int:
+    # os.umask can only be read by setting it; this runs once, at import, before
+    # any worker thread exists.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_current_umask()
+
+
+@contextlib.contextmanager
+def temp_file_beside(path: Path) -> Iterator[tuple[IO[bytes], Path]]:
+    """An open temporary file in the folder of `path`, removed unless kept.
+
+    The caller renames it into place with `commit`; on any exception it is deleted.
+    """
+    fd, name = tempfile.mkstemp(
+        dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX
+    )
+    temp = Path(name)
+    try:
+        # mkstemp creates 0600 files; the user's images and state want normal modes.
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle, temp
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+def commit(handle: IO[bytes], temp: Path, path: Path) -> None:
+    """Make the temporary file durable and move it to its final name atomically."""
+    handle.flush()
+    os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so a reader sees the old or the new file, never a mix."""
+    with temp_file_beside(path) as (handle, temp):
+        handle.write(data)
+        commit(handle, temp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Persist a rename: on POSIX the folder entry is only durable once synced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on folders; the rename still happened
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(root: Path) -> int:
+    """Delete the temporary files a killed run left under `root`; return how many."""
+    removed = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            if is_temp_name(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed

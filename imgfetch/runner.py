@@ -1,0 +1,323 @@
+"""One command from start to end: lock, open state, plan the work, run, report."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from .backends import open_store
+from .backends.base import StateStore
+from .console import console
+from .catalog import (
+    CatalogOptions,
+    ImageRef,
+    InvalidRecord,
+    Product,
+    normalize_url,
+    parse_product,
+    product_id,
+    read_catalog,
+)
+from .engine import Engine, EngineConfig, RunResult
+from .errors import (
+    DataDirBusyError,
+    ExitCode,
+    StateError,
+    StorageError,
+    UsageError,
+)
+from .fetch import FetchConfig, Fetcher
+from .fsutil import remove_stale_temp_files
+from .messages import RULE, Messages
+from .paths import IMAGES_DIR, LOCK_FILE, is_temp_name
+from .progress import Tally, choose_view, format_bytes, format_duration
+from .signals import SignalWatcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a download or resume needs, already validated by the CLI."""
+
+    data_dir: Path
+    backend: str
+    catalog: CatalogOptions
+    engine: EngineConfig
+    fetch: FetchConfig
+    progress: str
+
+
+class Reporter:
+    """Prints the spec's report lines (stdout) in the chosen language."""
+
+    def __init__(self, msg: Messages, write: Callable[[str], None]) -> None:
+        self.msg = msg
+        self.write = write
+
+    def __call__(self, key: str, **values: Any) -> None:
+        if key == "blank":
+            self.write("")
+        elif key == "rule":
+            self.write(RULE)
+        else:
+            self.write(self.msg(key, **values))
+
+    def banner(self) -> None:
+        self("rule")
+        self("banner")
+        self("rule")
+
+
+def product_key(options: CatalogOptions) -> Callable[[dict[str, Any]], str]:
+    return lambda record: product_id(record, options.id_field)
+
+
+@contextlib.contextmanager
+def locked_data_dir(data_dir: Path) -> Iterator[None]:
+    """Hold the data directory's lock, or refuse at once if another process has it."""
+    _make_data_dir(data_dir)
+    lock = filelock.FileLock(str(data_dir / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise DataDirBusyError(
+            f"data directory {data_dir} is in use by another imgfetch",
+            "wait for it to finish, or use another --data-dir",
+        ) from None
+    except OSError as exc:
+        raise StorageError(
+            f"cannot lock data directory {data_dir}: {exc.strerror or exc}",
+            "check that it is writable and on a local disk",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _make_data_dir(data_dir: Path) -> None:
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UsageError(
+            f"--data-dir {str(data_dir)!r} is a file, not a directory",
+            "pass a directory path",
+        )
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create data directory {str(data_dir)!r}: {exc.strerror or exc}",
+            "choose a writable --data-dir",
+        ) from None
+
+
+def open_state(options: RunOptions) -> StateStore:
+    store = open_store(options.backend, options.data_dir)
+    store.open(product_key(options.catalog))
+    return store
+
+
+def run_download(
+    options: RunOptions,
+    report: Reporter,
+    input_path: Path | None,
+    *,
+    skip_invalid: bool = False,
+    retry_failed: bool = False,
+) -> int:
+    """`imgfetch download` (input given) and `imgfetch resume` (input None)."""
+    catalog = None
+    if input_path is not None and not retry_failed:
+        catalog = read_catalog(input_path, options.catalog, skip_invalid=skip_invalid)
+        _warn_dropped(catalog, report.msg)
+    with SignalWatcher() as signals, locked_data_dir(options.data_dir):
+        store = open_state(options)
+        try:
+            _clean_temp_files(options.data_dir, report)
+            report.banner()
+            if retry_failed:
+                return _retry_failed(options, report, store, signals)
+            work, done_before, had_pending = _plan(options, report, store, catalog)
+            if catalog is None and not had_pending:
+                report("nothing_to_resume", path=store.pending_label)
+                return ExitCode.OK
+            report("starting")
+            total = done_before + len(work)
+            result = _engine(options, report, store, signals).run(
+                work, total, done_before, merge=False
+            )
+            return _finish(report, store, result, had_pending or bool(work))
+        finally:
+            store.close()
+
+
+def _plan(
+    options: RunOptions,
+    report: Reporter,
+    store: StateStore,
+    catalog: Any,
+) -> tuple[list[Product], int, bool]:
+    """Pending products first (the spec), then the input's new ones, in order."""
+    had_pending = store.has_pending()
+    work = _pending_products(options, store)
+    if had_pending:
+        report("found_pending", count=len(work))
+        report("pending_first")
+    queued = {p.id for p in work}
+    fresh = []
+    done_before = store.completed_count()
+    if catalog is not None:
+        done_before = 0
+        for product in catalog.products:
+            if store.is_completed(product.id):
+                done_before += 1
+            elif product.id not in queued:
+                fresh.append(product)
+                queued.add(product.id)
+    # Recorded as pending before any download starts, so `resume` finds the whole
+    # of the work even after a kill -9 in the first second.
+    store.add_pending((p.id, p.raw) for p in fresh)
+    store.flush()
+    return work + fresh, done_before, had_pending
+
+
+def _pending_products(options: RunOptions, store: StateStore) -> list[Product]:
+    products = []
+    for number, (_pid, raw) in enumerate(store.pending(), start=1):
+        try:
+            products.append(parse_product(raw, options.catalog))
+        except InvalidRecord as exc:
+            raise StateError(
+                f"{store.pending_label}: record {number} {exc}",
+                "fix that record, or pass the same --field options as the run "
+                "that saved it",
+            ) from None
+    return products
+
+
+def _retry_failed(
+    options: RunOptions, report: Reporter, store: StateStore, signals: SignalWatcher
+) -> int:
+    failures = store.failures()
+    if not failures:
+        report("retry_failed_none", path=store.mapping_label)
+        return ExitCode.OK
+    products = []
+    for pid, items in failures.items():
+        images = []
+        for f in items:
+            url, problem = normalize_url(f.url, options.catalog.default_scheme)
+            images.append(ImageRef(f.category, f.index, url, problem))
+        products.append(Product(pid, {}, tuple(images)))
+    count = sum(len(p.images) for p in products)
+    report("retrying_failed", count=count, products=len(products))
+    result = _engine(options, report, store, signals).run(
+        products, len(products), 0, merge=True
+    )
+    return _finish(report, store, result, store.has_pending())
+
+
+def _engine(
+    options: RunOptions, report: Reporter, store: StateStore, signals: SignalWatcher
+) -> Engine:
+    tally = Tally()
+    view = choose_view(options.progress, report.msg, tally, console, report.write)
+    fetcher = Fetcher(options.fetch, threading.Event())
+    engine = Engine(
+        data_dir=options.data_dir,
+        store=store,
+        fetcher=fetcher,
+        config=options.engine,
+        view=view,
+        tally=tally,
+        signals=signals,
+        say=report,
+    )
+    return engine
+
+
+def _finish(
+    report: Reporter, store: StateStore, result: RunResult, pending_existed: bool
+) -> int:
+    if result.signal is not None:
+        report("mapping_saved_count", count=result.completed)
+        if result.pending:
+            report("pending_saved", count=result.pending)
+            report("pending_location", path=store.pending_label)
+            report("pending_next_run")
+        report("blank")
+        report("saved_exit")
+        report("rule")
+        return 128 + result.signal
+    _summary(report, result)
+    report("mapping_saved_final", name=store.mapping_label, count=result.completed)
+    if result.pending:
+        report("pending_saved", count=result.pending)
+        report("pending_location", path=store.pending_label)
+    elif pending_existed:
+        report("all_done_deleted")
+    else:
+        report("all_done")
+    return ExitCode.FAILURES if result.failures else ExitCode.OK
+
+
+def _summary(report: Reporter, result: RunResult) -> None:
+    tally = result.tally
+    elapsed = tally.elapsed
+    report(
+        "summary",
+        products=tally.products,
+        images=tally.images,
+        size=format_bytes(tally.bytes),
+        failed=tally.failed,
+        elapsed=format_duration(elapsed),
+        rate=f"{tally.images / max(elapsed, 1e-6):.1f}",
+    )
+    if result.failures:
+        report("failures_written", count=result.failures, path="failed_images.json")
+
+
+def _warn_dropped(catalog: Any, msg: Messages) -> None:
+    if catalog.duplicates:
+        log.warning(
+            msg(
+                "duplicates",
+                count=catalog.duplicates,
+                example=catalog.duplicate_example,
+            )
+        )
+    if catalog.invalid:
+        log.warning(
+            msg("skipped_invalid", count=catalog.invalid, first=catalog.first_invalid)
+        )
+
+
+def _clean_temp_files(data_dir: Path, report: Reporter) -> None:
+    images = data_dir / IMAGES_DIR
+    removed = remove_stale_temp_files(images) if images.is_dir() else 0
+    removed += _remove_top_level_temp_files(data_dir)
+    if removed:
+        log.info(report.msg("stale_temp_removed", count=removed))
+
+
+def _remove_top_level_temp_files(data_dir: Path) -> int:
+    """Temporary state files sit directly in the data directory."""
+    removed = 0
+    for path in data_dir.iterdir():
+        if path.is_file() and is_temp_name(path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def pending_age(store: StateStore) -> float | None:
+    modified = store.pending_modified()
+    return None if modified is None else max(0.0, time.time() - modified)

@@ -1,0 +1,701 @@
+"""Local 127.0.0.1 image server with deterministic bodies and fault injection."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import random
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+IMAGE_FORMATS: tuple[str, ...] = (
+    "jpeg",
+    "png",
+    "gif",
+    "webp",
+    "avif",
+    "bmp",
+    "heic",
+    "tiff",
+)
+
+HOST = "127.0.0.1"
+MAX_SIZE = 64 * 1024 * 1024
+STALL_SECONDS = 600.0
+
+# ---------------------------------------------------------------- image bodies
+
+_JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+_JPEG_TAIL = b"\xff\xd9"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_SIDE = 64
+# Private, ancillary, safe-to-copy chunk type: decoders skip it, so it can pad a
+# real PNG to the requested size without affecting the picture.
+_PNG_PAD_TYPE = b"ifPd"
+_CHUNK_OVERHEAD = 12
+
+
+def _noise(name: str, length: int) -> bytes:
+    """`length` bytes of the sha256 chain seeded by `name`."""
+    block = hashlib.sha256(name.encode()).digest()
+    out = bytearray()
+    while len(out) < length:
+        out += block
+        block = hashlib.sha256(block).digest()
+    return bytes(out[:length])
+
+
+def _le32(value: int) -> bytes:
+    return struct.pack("<I", value)
+
+
+def _be32(value: int) -> bytes:
+    return struct.pack(">I", value)
+
+
+def _fill(head: bytes, tail: bytes, name: str, total: int) -> bytes:
+    return head + _noise(name, total - len(head) - len(tail)) + tail
+
+
+def _jpeg(name: str, size: int) -> bytes:
+    total = max(size, len(_JPEG_HEAD) + len(_JPEG_TAIL))
+    return _fill(_JPEG_HEAD, _JPEG_TAIL, name, total)
+
+
+def _gif(name: str, size: int) -> bytes:
+    # Logical screen descriptor without a global colour table, then the trailer.
+    head = b"GIF89a" + struct.pack("<HHBBB", _PNG_SIDE, _PNG_SIDE, 0, 0, 0)
+    return _fill(head, b";", name, max(size, len(head) + 1))
+
+
+def _webp(name: str, size: int) -> bytes:
+    total = max(size, 20)
+    head = b"RIFF" + _le32(total - 8) + b"WEBP" + b"VP8 " + _le32(total - 20)
+    return _fill(head, b"", name, total)
+
+
+def _isobmff(
+    brand: bytes, compatible: tuple[bytes, ...]
+) -> Callable[[str, int], bytes]:
+    ftyp_body = brand + _be32(0) + b"".join(compatible)
+    ftyp = _be32(8 + len(ftyp_body)) + b"ftyp" + ftyp_body
+
+    def build(name: str, size: int) -> bytes:
+        total = max(size, len(ftyp) + 8)
+        head = ftyp + _be32(total - len(ftyp)) + b"mdat"
+        return _fill(head, b"", name, total)
+
+    return build
+
+
+def _bmp(name: str, size: int) -> bytes:
+    total = max(size, 14)
+    head = b"BM" + _le32(total) + b"\x00\x00\x00\x00" + _le32(14)
+    return _fill(head, b"", name, total)
+
+
+def _tiff(name: str, size: int) -> bytes:
+    head = b"II*\x00" + _le32(8)
+    return _fill(head, b"", name, max(size, len(head)))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return _be32(len(data)) + kind + data + _be32(crc)
+
+
+def _png(name: str, size: int) -> bytes:
+    red, green, blue = hashlib.sha256(name.encode()).digest()[:3]
+    row = b"\x00" + bytes((red, green, blue)) * _PNG_SIDE
+    header = struct.pack(">IIBBBBB", _PNG_SIDE, _PNG_SIDE, 8, 2, 0, 0, 0)
+    picture = _png_chunk(b"IHDR", header) + _png_chunk(
+        b"IDAT", zlib.compress(row * _PNG_SIDE, 9)
+    )
+    end = _png_chunk(b"IEND", b"")
+    spare = size - len(_PNG_SIGNATURE) - len(picture) - len(end) - _CHUNK_OVERHEAD
+    pad = _png_chunk(_PNG_PAD_TYPE, _noise(name, spare)) if spare >= 0 else b""
+    return _PNG_SIGNATURE + picture + pad + end
+
+
+_BUILDERS: dict[str, Callable[[str, int], bytes]] = {
+    "jpeg": _jpeg,
+    "png": _png,
+    "gif": _gif,
+    "webp": _webp,
+    "avif": _isobmff(b"avif", (b"avif", b"mif1", b"miaf")),
+    "bmp": _bmp,
+    "heic": _isobmff(b"heic", (b"mif1", b"heic")),
+    "tiff": _tiff,
+}
+
+
+def image_bytes(name: str, fmt: str = "jpeg", size: int = 2048) -> bytes:
+    """Deterministic image body for (name, fmt, size).
+
+    The body starts with the real signature of `fmt` and is exactly
+    max(size, minimal header length) bytes long; the payload after the headers is
+    the sha256 chain of `name`. PNG is a real decodable 64x64 picture in a colour
+    derived from `name`, padded to `size` with a private ancillary chunk; its size
+    is approximate only when `size` is less than 12 bytes above the bare picture
+    (then the bare picture is returned).
+    """
+    try:
+        build = _BUILDERS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown image format {fmt!r}") from None
+    return build(name, size)
+
+
+_HTML_PAGE = (
+    b'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Security check'
+    b"</title></head><body><h1>Please verify you are human</h1><p>Enable "
+    b"JavaScript and cookies to continue.</p></body></html>\n"
+)
+
+_REFERER_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error>\n'
+    b"  <Code>AccessDenied</Code>\n"
+    b"  <Message>You are denied by bucket referer policy.</Message>\n"
+    b"  <RequestId>00000000000000000000000000000000</RequestId>\n"
+    b"  <HostId>img.example-cdn.test</HostId>\n</Error>\n"
+)
+
+# ----------------------------------------------------------- request parsing
+
+
+class _NotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What one request target asks the server to do."""
+
+    path: str
+    query: str
+    name: str
+    fmt: str
+    size: int
+    delay: float = 0.0
+    fail: tuple[int, int] | None = None
+    retry_after: str | None = None
+    status: int | None = None
+    stall: bool = False
+    html: bool = False
+    truncate: int = 0
+    reset: int = 0
+    drip: float = 0.0
+    redirect: int = 0
+    location: str | None = None
+    referer: str | None = None
+    gzip: bool = False
+
+
+def _target(url_or_path: str) -> str:
+    """path?query of a URL, protocol-relative URL or request target."""
+    parts = urlsplit(url_or_path)
+    path = parts.path or "/"
+    return f"{path}?{parts.query}" if parts.query else path
+
+
+def _status_code(text: str) -> int:
+    code = int(text)
+    if not 200 <= code <= 599:
+        raise ValueError(f"status {code} out of range")
+    return code
+
+
+def _fail_param(text: str) -> tuple[int, int]:
+    code, _, count = text.partition(":")
+    return _status_code(code), int(count or "1")
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= STALL_SECONDS:
+        raise ValueError(f"duration {value} out of range")
+    return value
+
+
+def _fmt_for(params: dict[str, str], ext: str) -> str:
+    fmt = params.get("fmt") or {"jpg": "jpeg", "tif": "tiff"}.get(ext, ext)
+    if fmt not in _BUILDERS:
+        raise ValueError(f"unknown image format {fmt!r}")
+    return fmt
+
+
+def _size_for(params: dict[str, str]) -> int:
+    size = int(params.get("size", "2048"))
+    if not 0 <= size <= MAX_SIZE:
+        raise ValueError(f"size {size} out of range")
+    return size
+
+
+def _parse_target(target: str) -> _Spec:
+    """Raises _NotFound for unknown paths and ValueError for bad parameters."""
+    path, _, query = target.partition("?")
+    if not path.startswith("/img/") or len(path) <= len("/img/"):
+        raise _NotFound(path)
+    stem, _, ext = path[len("/img/") :].rpartition(".")
+    if not stem:
+        stem, ext = ext, "jpg"
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    get = params.get
+    return _Spec(
+        path=path,
+        query=query,
+        name=unquote(stem),
+        fmt=_fmt_for(params, ext.lower()),
+        size=_size_for(params),
+        delay=_seconds(get("delay", "0")),
+        fail=_fail_param(params["fail"]) if "fail" in params else None,
+        retry_after=get("retry_after"),
+        status=_status_code(params["status"]) if "status" in params else None,
+        stall=get("stall", "0") not in ("", "0"),
+        html=get("html", "0") not in ("", "0"),
+        truncate=int(get("truncate", "0")),
+        reset=int(get("reset", "0")),
+        drip=_seconds(get("drip", "0")),
+        redirect=int(get("redirect", "0")),
+        location=get("location"),
+        referer=get("referer"),
+        gzip=get("gzip", "0") not in ("", "0"),
+    )
+
+
+def _decrement_redirect(query: str) -> str:
+    """The query with redirect=N replaced by N-1, everything else kept verbatim."""
+    items = query.split("&")
+    for index, item in enumerate(items):
+        key, _, value = item.partition("=")
+        if key == "redirect":
+            items[index] = f"redirect={int(value) - 1}"
+    return "&".join(items)
+
+
+def _body_for(spec: _Spec) -> bytes:
+    """The decoded body a successful 200 answer carries."""
+    return _HTML_PAGE if spec.html else image_bytes(spec.name, spec.fmt, spec.size)
+
+
+# ------------------------------------------------------------------- handler
+
+_FAULT_KINDS = ("503", "500", "reset", "truncate")
+_QUIET_ERRORS = (ConnectionError, TimeoutError)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Bursts from a concurrent downloader must not overflow the accept backlog,
+    # which would cost the client a one-second SYN retry.
+    request_queue_size = 128
+
+    def __init__(self, owner: ImageServer, port: int) -> None:
+        self.owner = owner
+        self.stop_event = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__((HOST, port), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse DNS lookup we neither need nor want.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = HOST
+        self.server_port = self.server_address[1]
+
+    def track(self, conn: socket.socket, active: bool) -> None:
+        with self._connections_lock:
+            if active:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def drop_connections(self) -> None:
+        """Wake handlers blocked reading idle keep-alive connections."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, _QUIET_ERRORS) or self.stop_event.is_set():
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the demo and the tests own the terminal
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, False)
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except _QUIET_ERRORS:
+            self.close_connection = True
+        except OSError:
+            if not self.server.stop_event.is_set():
+                raise
+
+    # -- dispatch
+
+    def do_GET(self) -> None:
+        owner = self.server.owner
+        target = _target(self.path)
+        attempt = owner._record(target)
+        try:
+            spec = _parse_target(target)
+        except _NotFound:
+            return self._send_simple(404, "text/plain", b"404 Not Found\n")
+        except ValueError as exc:
+            return self._send_simple(400, "text/plain", f"{exc}\n".encode())
+        if not self._pause(owner.delay + spec.delay):
+            return
+        if spec.stall:
+            return self._hang()
+        fault = owner._fault_for(target, attempt)
+        if self._refuse(spec, attempt, fault) or self._redirect(spec):
+            return
+        self._send_image(spec, attempt, fault)
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait `seconds`; False (and the connection dropped) if stop() came first."""
+        if seconds > 0 and self.server.stop_event.wait(seconds):
+            self.close_connection = True
+            return False
+        return True
+
+    def _hang(self) -> None:
+        self.server.stop_event.wait(STALL_SECONDS)
+        self.close_connection = True
+
+    def _refuse(self, spec: _Spec, attempt: int, fault: str | None) -> bool:
+        """Answer with an error if the URL or the fault dice say so."""
+        if spec.status is not None:
+            page = f"<html><body><h1>{spec.status}</h1></body></html>\n"
+            self._send_simple(spec.status, "text/html", page.encode())
+        elif spec.referer is not None and spec.referer not in self._referer():
+            self._send_simple(403, "application/xml", _REFERER_DENIED)
+        elif spec.fail is not None and attempt <= spec.fail[1]:
+            extra = {"Retry-After": spec.retry_after} if spec.retry_after else {}
+            code = spec.fail[0]
+            self._send_simple(code, "text/plain", f"{code} injected\n".encode(), extra)
+        elif fault in ("503", "500"):
+            self._send_simple(int(fault), "text/plain", f"{fault} injected\n".encode())
+        else:
+            return False
+        return True
+
+    def _referer(self) -> str:
+        return self.headers.get("Referer", "")
+
+    def _redirect(self, spec: _Spec) -> bool:
+        if spec.location is not None:
+            location = spec.location
+        elif spec.redirect > 0:
+            query = _decrement_redirect(spec.query)
+            location = f"{self.server.owner.base_url}{spec.path}?{query}"
+        else:
+            return False
+        self._send_simple(302, "text/plain", b"", {"Location": location})
+        return True
+
+    # -- answers
+
+    def _send_simple(
+        self,
+        code: int,
+        content_type: str,
+        body: bytes,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
+        self._send_head(code, headers | (extra or {}))
+        self.wfile.write(body)
+
+    def _send_head(self, code: int, headers: dict[str, str]) -> None:
+        self.send_response(code)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def _send_image(self, spec: _Spec, attempt: int, fault: str | None) -> None:
+        body = _body_for(spec)
+        headers = {"Content-Type": "image/jpeg" if spec.html else f"image/{spec.fmt}"}
+        if spec.gzip:
+            body = gzip.compress(body, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        headers["Content-Length"] = str(len(body))
+        self._send_head(200, headers)
+        if attempt <= spec.truncate or fault == "truncate":
+            self._send_truncated(body)
+        elif attempt <= spec.reset or fault == "reset":
+            self._send_then_reset(body)
+        elif spec.drip > 0:
+            self._drip(body, spec.drip)
+        else:
+            self.wfile.write(body)
+
+    def _send_truncated(self, body: bytes) -> None:
+        self.wfile.write(body[: len(body) // 2])
+        self.close_connection = True
+
+    def _send_then_reset(self, body: bytes) -> None:
+        self.wfile.write(body[: len(body) // 2])
+        self.close_connection = True
+        # Linger 0 turns close() into an RST, so the client sees ECONNRESET rather
+        # than a clean EOF. rfile holds a reference that would defer the close.
+        linger = struct.pack("ii", 1, 0)
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        self.rfile.close()
+        self.connection.close()
+
+    def _drip(self, body: bytes, interval: float) -> None:
+        for index in range(len(body)):
+            self.wfile.write(body[index : index + 1])
+            if index + 1 < len(body) and self.server.stop_event.wait(interval):
+                self.close_connection = True
+                return
+
+
+# -------------------------------------------------------------------- server
+
+
+class ImageServer:
+    """Threaded HTTP image server bound to 127.0.0.1 only.
+
+    `delay` is added before every answer. `fault_rate` is the chance that each of
+    the first two attempts at a URL fails transiently (503, 500, reset mid-body or
+    truncated body), decided from (seed, path?query, attempt) so reruns repeat.
+
+    Query parameters of /img/<name>.<ext> (all optional, freely combined):
+    fmt, size, delay=S, fail=CODE:N, retry_after=V, status=CODE, stall=1, html=1,
+    truncate=N, reset=N, drip=S, redirect=N, location=URL, referer=SUBSTR, gzip=1.
+    """
+
+    def __init__(
+        self, *, delay: float = 0.0, fault_rate: float = 0.0, seed: int = 0
+    ) -> None:
+        if delay < 0:
+            raise ValueError("delay must be >= 0")
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError("fault_rate must be within [0, 1]")
+        self.delay = delay
+        self.fault_rate = fault_rate
+        self.seed = seed
+        self._counts: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
+        self._lifecycle_lock = threading.Lock()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._port: int | None = None
+
+    # -- lifecycle
+
+    def start(self, port: int = 0) -> Self:
+        """Listen on 127.0.0.1:`port` (0 picks a free one); OSError if it is busy."""
+        with self._lifecycle_lock:
+            if self._httpd is not None:
+                raise RuntimeError("ImageServer is already running")
+            httpd = _HTTPServer(self, port)
+            self._port = httpd.server_address[1]
+            self._httpd = httpd
+            self._thread = threading.Thread(
+                target=httpd.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"imgfetch-testserver-{self._port}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Release waiting handlers, close the socket and connections; idempotent."""
+        with self._lifecycle_lock:
+            httpd, thread = self._httpd, self._thread
+            self._httpd = self._thread = None
+        if httpd is None:
+            return
+        httpd.stop_event.set()
+        httpd.shutdown()
+        httpd.server_close()
+        httpd.drop_connections()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self if self._httpd is not None else self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("ImageServer has not been started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    # -- URLs
+
+    def url(self, name: str, fmt: str = "jpeg", size: int = 2048, **params: Any) -> str:
+        """URL of image `name`; extra keyword params become query parameters."""
+        if fmt not in _BUILDERS:
+            raise ValueError(f"unknown image format {fmt!r}")
+        ext = "jpg" if fmt == "jpeg" else fmt
+        query = {"fmt": fmt, "size": str(size)}
+        for key, value in params.items():
+            if value is not None:
+                query[key] = _param_text(value)
+        path = f"/img/{quote(name, safe='')}.{ext}"
+        return f"{self.base_url}{path}?{urlencode(query, safe=':/')}"
+
+    def expected_bytes(self, url_or_path: str) -> bytes:
+        """The body a successful 200 answer for this URL carries (gzip decoded)."""
+        try:
+            return _body_for(_parse_target(_target(url_or_path)))
+        except _NotFound:
+            raise ValueError(f"not an image URL: {url_or_path!r}") from None
+
+    # -- counting
+
+    def requests_for(self, url_or_path: str) -> int:
+        """How many requests arrived for this exact path and query."""
+        with self._counts_lock:
+            return self._counts.get(_target(url_or_path), 0)
+
+    @property
+    def total_requests(self) -> int:
+        with self._counts_lock:
+            return sum(self._counts.values())
+
+    def reset_counts(self) -> None:
+        """Forget all counts, which also restarts fail=/truncate=/reset= budgets."""
+        with self._counts_lock:
+            self._counts.clear()
+
+    def _record(self, target: str) -> int:
+        """Count a request and return its 1-based attempt number for the target."""
+        with self._counts_lock:
+            attempt = self._counts.get(target, 0) + 1
+            self._counts[target] = attempt
+        return attempt
+
+    def _fault_for(self, target: str, attempt: int) -> str | None:
+        """The transient fault, if any, injected into this attempt.
+
+        Hash-based rather than a shared RNG so the outcome for a URL does not depend
+        on the order in which concurrent clients happen to arrive.
+        """
+        if attempt > 2 or self.fault_rate <= 0:
+            return None
+        key = f"{self.seed}\0{target}\0{attempt}".encode()
+        digest = hashlib.sha256(key).digest()
+        if int.from_bytes(digest[:8], "big") / 2**64 >= self.fault_rate:
+            return None
+        return _FAULT_KINDS[digest[8] % len(_FAULT_KINDS)]
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+# ------------------------------------------------------------------- catalog
+
+_ADJECTIVES = (
+    "Vintage",
+    "Wireless",
+    "Oversized",
+    "Minimalist",
+    "Waterproof",
+    "Retro",
+    "Slim",
+    "Handmade",
+    "Foldable",
+    "Classic",
+)
+_PRODUCTS = (
+    "Leather Tote Bag",
+    "Bluetooth Earbuds",
+    "Cotton Hoodie",
+    "Desk Lamp",
+    "Running Shoes",
+    "Ceramic Mug",
+    "Phone Case",
+    "Canvas Backpack",
+    "Wrist Watch",
+    "Sunglasses",
+)
+_DEMO_FORMATS = ("jpeg", "png", "webp", "gif")
+_DEMO_WEIGHTS = (70, 10, 10, 10)
+
+
+def demo_catalog(
+    server: ImageServer, products: int = 60, seed: int = 7
+) -> list[dict[str, Any]]:
+    """A deterministic scraped-shop catalog whose images all live on `server`.
+
+    Mixes the shapes real scrapes have: integer ids, {"url": ...} sku objects, a
+    lone qc URL string instead of a list, and protocol-relative URLs.
+    """
+    rng = random.Random(seed)
+    ids: list[str] = []
+    while len(ids) < products:
+        candidate = str(rng.randrange(10**11, 10**12))
+        if candidate not in ids:
+            ids.append(candidate)
+    return [_demo_product(server, rng, pid) for pid in ids]
+
+
+def _demo_image(server: ImageServer, rng: random.Random, name: str) -> str:
+    fmt = rng.choices(_DEMO_FORMATS, weights=_DEMO_WEIGHTS)[0]
+    url = server.url(name, fmt, rng.randint(2 * 1024, 40 * 1024))
+    return url.removeprefix("http:") if rng.random() < 0.15 else url
+
+
+def _demo_product(server: ImageServer, rng: random.Random, pid: str) -> dict[str, Any]:
+    def images(role: str, low: int, high: int) -> list[str]:
+        count = rng.randint(low, high)
+        return [_demo_image(server, rng, f"{pid}-{role}-{k}") for k in range(count)]
+
+    title = f"{rng.choice(_ADJECTIVES)} {rng.choice(_PRODUCTS)}"
+    main, sku, qc = images("main", 1, 4), images("sku", 0, 4), images("qc", 0, 3)
+    sku_field: list[Any] = [{"url": u} for u in sku] if rng.random() < 0.3 else sku
+    qc_field: Any = qc[0] if len(qc) == 1 and rng.random() < 0.5 else qc
+    return {
+        "id": int(pid) if rng.random() < 0.1 else pid,
+        "title": title,
+        "main_images": main,
+        "sku_images": sku_field,
+        "qc_images": qc_field,
+    }
