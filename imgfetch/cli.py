@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import traceback
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,14 +40,14 @@ app = typer.Typer(
 )
 
 
-class ProgressMode(str, Enum):
+class ProgressMode(StrEnum):
     auto = "auto"
     rich = "rich"
     plain = "plain"
     none = "none"
 
 
-class LangChoice(str, Enum):
+class LangChoice(StrEnum):
     auto = "auto"
     en = "en"
     zh = "zh"
@@ -185,7 +185,9 @@ def _check_positive(
 
 
 def _messages(lang: LangChoice) -> Messages:
-    chosen: Lang = detect_lang() if lang is LangChoice.auto else lang.value  # type: ignore[assignment]
+    if lang is LangChoice.auto:
+        return Messages(detect_lang())
+    chosen: Lang = "zh" if lang is LangChoice.zh else "en"
     return Messages(chosen)
 
 
@@ -225,7 +227,7 @@ def download(
     user_agent: UserAgent = DEFAULT_USER_AGENT,
     verbose: Verbose = False,
 ) -> None:
-    """Download the catalog's images; pending work from an interrupted run goes first."""
+    """Download the catalog's images; pending work of an interrupted run goes first."""
     setup_logging(verbose)
     options = _run_options(**_common(locals()))
     msg = _messages(lang)
@@ -352,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(exc), verbose)
         return int(exc.exit_code)
     except typer.TyperException as exc:  # click's usage errors, vendored by typer
-        message = getattr(exc, "format_message", lambda: str(exc))()
+        format_message = getattr(exc, "format_message", None)
+        message = format_message() if format_message else str(exc)
         _error(f"{message} (see imgfetch --help)", verbose)
         return int(getattr(exc, "exit_code", ExitCode.BAD_INPUT))
     except KeyboardInterrupt:

@@ -126,6 +126,7 @@ class Engine:
         self._last_flush = time.monotonic()
         self._flush_cost = 0.0
         self._dirty_dirs: set[Path] = set()
+        self._active: dict[str, _ProductRun] = {}
         self._workers: list[threading.Thread] = []
 
     def run(
@@ -205,6 +206,8 @@ class Engine:
                 self.jobs.put(_Job(run, image))
         if run.outstanding == 0:
             self._finish_product(run)
+        else:
+            self._active[product.id] = run
 
     def _collect(self, timeout: float) -> None:
         try:
@@ -244,8 +247,10 @@ class Engine:
             raise _storage_error(outcome.error, run.folder)
         else:
             run.incomplete = True
-        if run.outstanding == 0 and not run.incomplete:
-            self._finish_product(run)
+        if run.outstanding == 0:
+            self._active.pop(run.product.id, None)
+            if not run.incomplete:
+                self._finish_product(run)
 
     def _finish_product(self, run: _ProductRun) -> None:
         entry = _build_entry(run, self.config.categories)
@@ -309,6 +314,20 @@ class Engine:
         self.fetcher.abort.set()
         self.say("saving")
         self._flush()
+        self._remove_partial_files()
+
+    def _remove_partial_files(self) -> None:
+        # Workers still stuck in a read never reach their own cleanup; their
+        # products stay pending, and a half-written file must not outlive us.
+        for run in self._active.values():
+            try:
+                names = os.listdir(run.folder)
+            except OSError:
+                continue
+            for name in names:
+                if is_temp_name(name):
+                    with contextlib.suppress(OSError):
+                        os.unlink(run.folder / name)
 
     def _drain_unstarted(self) -> None:
         while True:

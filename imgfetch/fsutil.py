@@ -52,7 +52,7 @@ def commit(handle: IO[bytes], temp: Path, path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so a reader sees the old or the new file, never a mix."""
+    """Replace `path` with `data`: readers see the old or the new file, never a mix."""
     with temp_file_beside(path) as (handle, temp):
         handle.write(data)
         commit(handle, temp, path)

@@ -1,4 +1,4 @@
-"""The message catalog: every line imgfetch prints, in English and in the spec's Chinese."""
+"""The message catalog: every line imgfetch prints, in English and in Chinese."""
 
 from __future__ import annotations
 
@@ -93,7 +93,10 @@ _CATALOG: dict[str, dict[Lang, str]] = {
         "zh": "重新下载失败的图片: {count} 张 (共 {products} 个商品)",
     },
     "duplicates": {
-        "en": "{count} duplicate product ids skipped (the first occurrence wins), e.g. {example}",
+        "en": (
+            "{count} duplicate product ids skipped (the first occurrence wins), "
+            "e.g. {example}"
+        ),
         "zh": "跳过 {count} 个重复的商品ID (保留第一次出现), 例如 {example}",
     },
     "skipped_invalid": {

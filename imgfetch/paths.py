@@ -1,4 +1,4 @@
-"""Where things live in the data directory, and product ids made safe as folder names."""
+"""Where things live in the data directory; product ids made safe as folder names."""
 
 from __future__ import annotations
 

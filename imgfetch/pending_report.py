@@ -55,7 +55,7 @@ def _summarize(
     label: str,
     first: int,
 ) -> dict[str, Any]:
-    images: Counter[str] = Counter({c: 0 for c in catalog.categories})
+    images: Counter[str] = Counter(dict.fromkeys(catalog.categories, 0))
     for number, (_pid, raw) in enumerate(pending, start=1):
         try:
             product = parse_product(raw, catalog)

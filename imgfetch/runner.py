@@ -15,7 +15,6 @@ import filelock
 
 from .backends import open_store
 from .backends.base import StateStore
-from .console import console
 from .catalog import (
     CatalogOptions,
     ImageRef,
@@ -26,6 +25,7 @@ from .catalog import (
     product_id,
     read_catalog,
 )
+from .console import console
 from .engine import Engine, EngineConfig, RunResult
 from .errors import (
     DataDirBusyError,

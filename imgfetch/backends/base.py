@@ -92,7 +92,7 @@ class StateStore(ABC):
 
     @abstractmethod
     def pending(self) -> list[tuple[str, dict[str, Any]]]:
-        """Unfinished products as (id, dict exactly as read from the input), in order."""
+        """Unfinished products as (id, the dict as read from the input), in order."""
 
     @abstractmethod
     def has_pending(self) -> bool:
@@ -120,7 +120,7 @@ class StateStore(ABC):
         """Make everything recorded so far durable; remove the pending record when
         no work remains."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         """Release what `open` took; the default store holds nothing open."""
 
     @property
