@@ -24,16 +24,17 @@ from .messages import Lang, Messages, detect_lang
 from .progress import line_writer
 from .runner import Reporter, RunOptions, run_download
 
-EXIT_CODES_HELP = "Exit codes: " + "; ".join(
-    f"{int(code)} {text}" for code, text in EXIT_CODE_TABLE
+EXIT_CODES_HELP = "Exit codes:\n\n" + "\n\n".join(
+    f"{int(code):>3}  {text}" for code, text in EXIT_CODE_TABLE
 )
 
 app = typer.Typer(
     name="imgfetch",
     help=(
         "Download every image of a product catalog, interrupt-safe: Ctrl+C, "
-        "SIGTERM or kill -9 lose at most the images in flight.\n\n" + EXIT_CODES_HELP
+        "SIGTERM or kill -9 lose at most the images in flight."
     ),
+    epilog=EXIT_CODES_HELP,
     add_completion=False,
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -108,7 +109,12 @@ ReadTimeout = Annotated[float, typer.Option(help="Seconds of silence while readi
 Deadline = Annotated[float, typer.Option(help="Seconds per image, retries included.")]
 Retries = Annotated[int, typer.Option(help="Retries of an image on transient errors.")]
 MaxBytes = Annotated[int, typer.Option(help="Largest image accepted, in bytes.")]
-UserAgent = Annotated[str, typer.Option(help="User-Agent header.")]
+UserAgent = Annotated[
+    str,
+    typer.Option(
+        help="User-Agent header (default: a desktop browser's).", show_default=False
+    ),
+]
 Verbose = Annotated[
     bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")
 ]
@@ -191,7 +197,7 @@ def _messages(lang: LangChoice) -> Messages:
     return Messages(chosen)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def download(
     input_path: Annotated[
         Path | None,
@@ -242,7 +248,7 @@ def download(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def resume(
     data_dir: DataDir = Path("data_clean"),
     backend: Backend = DEFAULT_BACKEND,

@@ -13,25 +13,20 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2  # bad usage, bad catalog, damaged state file
     BUSY = 3  # another imgfetch holds the data directory
     IO_ERROR = 4  # the data directory cannot be written (disk full, permissions)
+    INTERNAL = 70  # a bug (EX_SOFTWARE)
+    SIGHUP = 129  # the terminal went away (dropped SSH session), state saved
     SIGINT = 130  # interrupted by Ctrl+C, state saved
     SIGTERM = 143  # terminated, state saved
 
 
 EXIT_CODE_TABLE: tuple[tuple[int, str], ...] = (
     (ExitCode.OK, "all products done, every image saved"),
-    (
-        ExitCode.FAILURES,
-        "all products done, some images failed (see failed_images.json)",
-    ),
-    (
-        ExitCode.BAD_INPUT,
-        "bad usage, bad catalog or damaged state file; nothing changed",
-    ),
+    (ExitCode.FAILURES, "all done, some images failed (see failed_images.json)"),
+    (ExitCode.BAD_INPUT, "bad usage, bad catalog or damaged state; nothing changed"),
     (ExitCode.BUSY, "the data directory is in use by another imgfetch"),
-    (
-        ExitCode.IO_ERROR,
-        "the data directory could not be written (disk full, permissions)",
-    ),
+    (ExitCode.IO_ERROR, "the data directory cannot be written (disk full, rights)"),
+    (ExitCode.INTERNAL, "internal error: a bug, rerun with --verbose and report it"),
+    (ExitCode.SIGHUP, "hung up (SIGHUP, a dropped SSH session), progress saved"),
     (ExitCode.SIGINT, "interrupted by Ctrl+C (SIGINT), progress saved"),
     (ExitCode.SIGTERM, "terminated by SIGTERM, progress saved"),
 )
