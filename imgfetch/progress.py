@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections import Counter, deque
@@ -152,9 +153,12 @@ class RichView(ProgressView):
             )
 
     def end(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
+        live, self.live = self.live, None
+        if live is not None:
+            # After SIGHUP the terminal is gone and the last redraw fails; the
+            # shutdown that follows (saving state) must still run.
+            with contextlib.suppress(OSError, ValueError):
+                live.stop()
 
     def _render(self) -> RenderableType:
         counts = Table.grid(padding=(0, 2))

@@ -37,6 +37,7 @@ class JsonStore(StateStore):
         self.pending_path = data_dir / PENDING_FILE
         self.failed_path = data_dir / FAILED_FILE
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._mapping: dict[str, Entry] = {}
         self._pending: dict[str, dict[str, Any]] = {}
         self._failures: dict[str, list[Failure]] = {}
@@ -55,8 +56,12 @@ class JsonStore(StateStore):
         )
         # A kill between writing the mapping and the pending file leaves a product
         # in both; the mapping is the truth.
-        for pid in [pid for pid in self._pending if pid in self._mapping]:
+        finished = [pid for pid in self._pending if pid in self._mapping]
+        for pid in finished:
             del self._pending[pid]
+        # Rewrite (or delete) the pending file at the next flush, not here: open
+        # never writes.
+        self._dirty = bool(finished)
 
     @property
     def mapping_label(self) -> str:
@@ -113,31 +118,34 @@ class JsonStore(StateStore):
             self._dirty = True
 
     def flush(self) -> None:
-        with self._lock:
-            if not self._dirty:
-                return
-            mapping = _dump(self._mapping)
-            pending = _dump(list(self._pending.values())) if self._pending else None
-            failures = (
-                _dump(
-                    {
-                        pid: [f.to_json() for f in fs]
-                        for pid, fs in self._failures.items()
-                    }
+        # One flush at a time: two concurrent flushes could otherwise write their
+        # snapshots in the wrong order and leave the older one on disk.
+        with self._flush_lock:
+            with self._lock:
+                if not self._dirty:
+                    return
+                mapping = _dump(self._mapping)
+                pending = _dump(list(self._pending.values())) if self._pending else None
+                failures = (
+                    _dump(
+                        {
+                            pid: [f.to_json() for f in fs]
+                            for pid, fs in self._failures.items()
+                        }
+                    )
+                    if self._failures
+                    else None
                 )
-                if self._failures
-                else None
-            )
-            self._dirty = False
-        try:
-            self._write(mapping, pending, failures)
-        except OSError as exc:
-            self._dirty = True
-            raise StorageError(
-                f"cannot write state in {self.data_dir}: {exc.strerror or exc}",
-                "free disk space or fix permissions, then run again (nothing saved "
-                "before is lost)",
-            ) from exc
+                self._dirty = False
+            try:
+                self._write(mapping, pending, failures)
+            except OSError as exc:
+                self._dirty = True
+                raise StorageError(
+                    f"cannot write state in {self.data_dir}: {exc.strerror or exc}",
+                    "free disk space or fix permissions, then run again (nothing "
+                    "saved before is lost)",
+                ) from exc
 
     def _write(
         self, mapping: bytes, pending: bytes | None, failures: bytes | None

@@ -1,0 +1,144 @@
+"""The JSON-file store: the spec's files, their write order, and what open reads."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imgfetch.backends import open_store
+from imgfetch.backends.base import Failure
+from imgfetch.backends.json_store import JsonStore
+from imgfetch.catalog import product_id
+from imgfetch.errors import StateError, UsageError
+
+
+def key(record: dict[str, Any]) -> str:
+    return product_id(record, None)
+
+
+def opened(data_dir: Path) -> JsonStore:
+    store = JsonStore(data_dir)
+    store.open(key)
+    return store
+
+
+def entry(pid: str) -> dict[str, list[str]]:
+    return {"main": [f"images/{pid}/main_1.jpg"], "sku": [], "qc": []}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_open_on_an_empty_directory_writes_nothing(tmp_path: Path) -> None:
+    store = opened(tmp_path)
+    assert store.completed_count() == 0
+    assert not store.has_pending()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pending_keeps_input_dicts_and_order_until_recorded(tmp_path: Path) -> None:
+    records = [{"id": 2, "x": "é"}, {"id": "1"}, {"item_id": "z"}]
+    store = opened(tmp_path)
+    store.add_pending((key(r), r) for r in records)
+    store.flush()
+    assert json.loads((tmp_path / "pending_tasks.json").read_text()) == records
+
+    store.record_product("2", entry("2"), [])
+    store.flush()
+    assert json.loads((tmp_path / "pending_tasks.json").read_text()) == records[1:]
+    assert json.loads((tmp_path / "image_mapping.json").read_text()) == {
+        "2": entry("2")
+    }
+
+    store.record_product("1", entry("1"), [])
+    store.record_product("z", entry("z"), [])
+    store.flush()
+    assert not (tmp_path / "pending_tasks.json").exists()
+    assert opened(tmp_path).completed_count() == 3
+
+
+def test_failures_file_exists_only_while_there_are_failures(tmp_path: Path) -> None:
+    store = opened(tmp_path)
+    failure = Failure("main", 2, "http://127.0.0.1:1/x.jpg", "HTTP 404", 1)
+    store.record_product("a", entry("a"), [failure])
+    store.flush()
+    saved = json.loads((tmp_path / "failed_images.json").read_text())
+    assert saved == {"a": [failure.to_json()]}
+    assert opened(tmp_path).failures() == {"a": [failure]}
+
+    store.record_product("a", entry("a"), [])  # a retry that succeeded
+    store.flush()
+    assert not (tmp_path / "failed_images.json").exists()
+
+
+def test_a_product_in_both_files_counts_as_completed(tmp_path: Path) -> None:
+    # kill -9 between writing the mapping and the pending file leaves this state.
+    (tmp_path / "image_mapping.json").write_text(json.dumps({"a": entry("a")}))
+    pending = [{"id": "a"}, {"id": "b"}]
+    (tmp_path / "pending_tasks.json").write_text(json.dumps(pending))
+    before = snapshot(tmp_path)
+
+    store = opened(tmp_path)
+    assert [pid for pid, _ in store.pending()] == ["b"]
+    assert snapshot(tmp_path) == before  # open never writes
+    store.flush()
+    assert json.loads((tmp_path / "pending_tasks.json").read_text()) == [{"id": "b"}]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("image_mapping.json", '{"a": ', "line 1, column 7"),
+        ("image_mapping.json", "[]", "top level is list"),
+        ("image_mapping.json", "", "is empty"),
+        ("image_mapping.json", '{"a": {"main": "x.jpg"}}', "product 'a'"),
+        ("pending_tasks.json", '[{"id": 1},\n{"id": ', "line 2"),
+        ("pending_tasks.json", '{"id": 1}', "top level is dict"),
+        ("pending_tasks.json", '[{"id": 1}, {"name": "no id"}]', "record 2"),
+        ("pending_tasks.json", "[1]", "record 1"),
+        ("failed_images.json", '{"a": [{"url": "u"}]}', "product 'a'"),
+        ("failed_images.json", "\xff", "line 1"),
+    ],
+)
+def test_damaged_files_are_reported_and_left_alone(
+    tmp_path: Path, name: str, content: str, says: str
+) -> None:
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    before = snapshot(tmp_path)
+    with pytest.raises(StateError) as raised:
+        opened(tmp_path)
+    assert name in str(raised.value) and says in str(raised.value)
+    assert snapshot(tmp_path) == before
+
+
+def test_threads_recording_at_once_lose_nothing(tmp_path: Path) -> None:
+    store = opened(tmp_path)
+    ids = [f"p{i}" for i in range(400)]
+    store.add_pending((pid, {"id": pid}) for pid in ids)
+
+    def record(chunk: list[str]) -> None:
+        for pid in chunk:
+            store.record_product(pid, entry(pid), [])
+            if pid.endswith("7"):
+                store.flush()
+
+    threads = [threading.Thread(target=record, args=(ids[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.flush()
+    reopened = opened(tmp_path)
+    assert reopened.completed_count() == 400
+    assert not reopened.has_pending()
+
+
+def test_registry_suggests_a_close_name(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="did you mean 'json'"):
+        open_store("jsn", tmp_path)
+    assert isinstance(open_store("json", tmp_path), JsonStore)
