@@ -82,13 +82,18 @@ def parse_field_overrides(specs: list[str]) -> dict[str, str]:
                 f"--field {spec!r} is not CATEGORY=FIELD",
                 "write it like --field qc=qc_photos",
             )
-        if not _CATEGORY_RE.match(category):
+        if not is_category_name(category):
             raise UsageError(
                 f"--field category {category!r} is not a plain name",
                 "use lower-case letters, digits and _ (it becomes part of file names)",
             )
         fields[category] = name
     return fields
+
+
+def is_category_name(name: object) -> bool:
+    """True for names fit to start an image's file name (`<category>_<n>.<ext>`)."""
+    return isinstance(name, str) and _CATEGORY_RE.fullmatch(name) is not None
 
 
 def normalize_url(value: str, default_scheme: str) -> tuple[str, str | None]:
@@ -153,12 +158,20 @@ def _item_url(item: Any, where: str) -> str | None:
     if item is None or isinstance(item, str):
         return item
     if isinstance(item, dict):
+        present = False
         for key in URL_KEYS:
-            if key in item:
-                found = item[key]
-                if found is None or isinstance(found, str):
-                    return found
-                raise InvalidRecord(f"{where}.{key} is {type(found).__name__}")
+            if key not in item:
+                continue
+            present = True
+            found = item[key]
+            # {"url": null, "src": "..."}: the URL is under src; null means none.
+            if found is None:
+                continue
+            if isinstance(found, str):
+                return found
+            raise InvalidRecord(f"{where}.{key} is {type(found).__name__}")
+        if present:
+            return None
         raise InvalidRecord(f"{where} is an object without {'/'.join(URL_KEYS)}")
     raise InvalidRecord(
         f"{where} is {type(item).__name__}; expected a URL or an object with url"
@@ -186,6 +199,15 @@ def read_catalog(
     catalog = Catalog(products=[])
     seen: set[str] = set()
     for where, record in iter_records(path):
+        if isinstance(record, UnreadableLine):
+            if not skip_invalid:
+                raise CatalogError(
+                    f"{path}: {where} {record.reason}",
+                    "fix or remove that line, or pass --skip-invalid to skip it",
+                )
+            catalog.invalid += 1
+            catalog.first_invalid = catalog.first_invalid or f"{where} {record.reason}"
+            continue
         try:
             product = parse_product(record, options)
         except InvalidRecord as exc:
@@ -206,8 +228,19 @@ def read_catalog(
     return catalog
 
 
+@dataclass(frozen=True)
+class UnreadableLine:
+    """A JSON Lines line that is not JSON: a bad record, not a bad file."""
+
+    reason: str
+
+
 def iter_records(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield (location, record) from a JSON array or, for .jsonl, JSON Lines."""
+    """Yield (location, record) from a JSON array or, for .jsonl, JSON Lines.
+
+    A JSON Lines line that cannot be decoded is yielded as an UnreadableLine, so
+    the caller decides whether it stops the run; a broken JSON array always does.
+    """
     text = _read_text(path)
     if path.suffix.lower() in _JSONL_SUFFIXES:
         yield from _iter_json_lines(path, text)
@@ -237,16 +270,24 @@ def _read_text(path: Path) -> str:
 
 
 def _iter_json_lines(path: Path, text: str) -> Iterator[tuple[str, Any]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    if not text.strip():
+        raise CatalogError(
+            f"{path}: the file is empty", "expected one JSON object a line"
+        )
+    # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085, \x1c...,
+    # which JSON strings may hold raw (json.dumps(ensure_ascii=False) writes them).
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise CatalogError(
-                f"{path}: line {lineno}, column {exc.colno}: invalid JSON ({exc.msg})",
-                "fix or remove that line",
-            ) from None
+            where = f"line {lineno}, column {exc.colno}:"
+            yield where, UnreadableLine(f"invalid JSON ({exc.msg})")
+            continue
+        except (RecursionError, ValueError) as exc:
+            yield f"line {lineno}:", UnreadableLine(_undecodable(exc))
+            continue
         yield f"line {lineno}:", record
 
 
@@ -272,6 +313,8 @@ def _iter_json_array(path: Path, text: str) -> Iterator[tuple[str, Any]]:
             record, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             _raise_json(path, exc)
+        except (RecursionError, ValueError) as exc:
+            _raise_undecodable(path, text.count("\n", 0, pos) + 1, exc)
         # Count newlines incrementally: recounting from 0 is quadratic in big files.
         line += text.count("\n", counted_to, pos)
         counted_to = pos
@@ -289,15 +332,36 @@ def _iter_json_array(path: Path, text: str) -> Iterator[tuple[str, Any]]:
 
 
 def _raise_not_array(path: Path, text: str, pos: int) -> None:
+    _reject_json_lines(path, text, pos)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         _raise_json(path, exc)
+    except (RecursionError, ValueError) as exc:
+        _raise_undecodable(path, text.count("\n", 0, pos) + 1, exc)
     kind = type(value).__name__
     raise CatalogError(
         f"{path}: the top level is {kind}, not a list of products",
         "write a JSON array [ {...}, ... ] or JSON Lines in a .jsonl file",
     )
+
+
+def _reject_json_lines(path: Path, text: str, pos: int) -> None:
+    """An object followed by another object: JSON Lines in a file not named so."""
+    if text[pos] != "{":
+        return
+    try:
+        _first, end = json.JSONDecoder().raw_decode(text, pos)
+    except (RecursionError, ValueError):
+        return
+    nxt = _WS.match(text, end).end()  # type: ignore[union-attr]
+    if "\n" in text[end:nxt] and text.startswith("{", nxt):
+        line = text.count("\n", 0, nxt) + 1
+        raise CatalogError(
+            f"{path}: line {line}: a second top-level object; this looks like "
+            "JSON Lines, not a JSON array",
+            "rename the file to .jsonl, or wrap the records in [ ... ]",
+        )
 
 
 def _expect_end(path: Path, text: str, pos: int) -> None:
@@ -310,4 +374,19 @@ def _raise_json(path: Path, exc: json.JSONDecodeError) -> None:
     raise CatalogError(
         f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})",
         "fix the file (a truncated download or a missing comma is common)",
+    ) from None
+
+
+def _undecodable(exc: BaseException) -> str:
+    """Why valid-looking JSON could not be decoded (json raises these, not
+    JSONDecodeError, for hostile input)."""
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply to read"
+    return "a number has too many digits to read"
+
+
+def _raise_undecodable(path: Path, line: int, exc: BaseException) -> None:
+    raise CatalogError(
+        f"{path}: line {line}: {_undecodable(exc)}",
+        "fix the file (is it really a product catalog?)",
     ) from None

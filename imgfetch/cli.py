@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from . import __version__
-from .backends import DEFAULT_BACKEND, backend_names
+from .backends import DEFAULT_BACKEND, backend_names, check_backend
 from .catalog import CatalogOptions, parse_field_overrides
 from .console import setup_logging
 from .engine import WORKER_THREAD_PREFIX, EngineConfig
@@ -54,6 +54,23 @@ class LangChoice(StrEnum):
     zh = "zh"
 
 
+def _whole_number(value: str | int) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a whole number") from None
+
+
+def _number(value: str | float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise typer.BadParameter(f"{value!r} is not a finite number")
+    return number
+
+
 DataDir = Annotated[
     Path,
     typer.Option(
@@ -68,16 +85,27 @@ Backend = Annotated[
         help=f"State store: {', '.join(backend_names())}.",
     ),
 ]
-Workers = Annotated[int, typer.Option("--workers", "-w", help="Parallel downloads.")]
+Workers = Annotated[
+    int,
+    typer.Option("--workers", "-w", parser=_whole_number, help="Parallel downloads."),
+]
 SaveEvery = Annotated[
-    int, typer.Option(help="Save the mapping after this many products.")
+    int,
+    typer.Option(
+        parser=_whole_number, help="Save the mapping after this many products."
+    ),
 ]
 SaveInterval = Annotated[
-    float, typer.Option(help="...or after this many seconds, whichever comes first.")
+    float,
+    typer.Option(
+        parser=_number, help="...or after this many seconds, whichever comes first."
+    ),
 ]
 Grace = Annotated[
     float,
-    typer.Option(help="Seconds in-flight downloads get to finish after Ctrl+C."),
+    typer.Option(
+        parser=_number, help="Seconds in-flight downloads get to finish after Ctrl+C."
+    ),
 ]
 Progress = Annotated[
     ProgressMode,
@@ -104,11 +132,22 @@ Fields = Annotated[
 Scheme = Annotated[
     str, typer.Option(help="Scheme for protocol-relative URLs (//host/path).")
 ]
-ConnectTimeout = Annotated[float, typer.Option(help="Seconds to connect.")]
-ReadTimeout = Annotated[float, typer.Option(help="Seconds of silence while reading.")]
-Deadline = Annotated[float, typer.Option(help="Seconds per image, retries included.")]
-Retries = Annotated[int, typer.Option(help="Retries of an image on transient errors.")]
-MaxBytes = Annotated[int, typer.Option(help="Largest image accepted, in bytes.")]
+ConnectTimeout = Annotated[
+    float, typer.Option(parser=_number, help="Seconds to connect.")
+]
+ReadTimeout = Annotated[
+    float, typer.Option(parser=_number, help="Seconds of silence while reading.")
+]
+Deadline = Annotated[
+    float, typer.Option(parser=_number, help="Seconds per image, retries included.")
+]
+Retries = Annotated[
+    int,
+    typer.Option(parser=_whole_number, help="Retries of an image on transient errors."),
+]
+MaxBytes = Annotated[
+    int, typer.Option(parser=_whole_number, help="Largest image accepted, in bytes.")
+]
 UserAgent = Annotated[
     str,
     typer.Option(
@@ -160,7 +199,7 @@ def _run_options(
     field_map = parse_field_overrides(fields or [])
     return RunOptions(
         data_dir=data_dir,
-        backend=backend,
+        backend=check_backend(backend),
         catalog=CatalogOptions(id_field or None, field_map, default_scheme),
         engine=EngineConfig(
             workers=workers,
@@ -283,7 +322,9 @@ def inspect_pending(
     id_field: IdField = None,
     field: Fields = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
-    first: Annotated[int, typer.Option(help="How many ids to list.")] = 10,
+    first: Annotated[
+        int, typer.Option(parser=_whole_number, help="How many ids to list.")
+    ] = 10,
     lang: LangOpt = LangChoice.auto,
     verbose: Verbose = False,
 ) -> None:
@@ -291,6 +332,7 @@ def inspect_pending(
     from .pending_report import inspect_pending as run_inspect
 
     setup_logging(verbose)
+    check_backend(backend)
     catalog = CatalogOptions(id_field or None, parse_field_overrides(field or []))
     code = run_inspect(
         data_dir, backend, catalog, _messages(lang), as_json=as_json, first=first
@@ -303,12 +345,19 @@ def demo(
     folder: Annotated[
         Path, typer.Option("--dir", help="Folder for the demo catalog and data.")
     ] = Path("imgfetch-demo"),
-    products: Annotated[int, typer.Option(help="Products in the catalog.")] = 60,
-    delay: Annotated[float, typer.Option(help="Seconds each image takes.")] = 0.3,
+    products: Annotated[
+        int, typer.Option(parser=_whole_number, help="Products in the catalog.")
+    ] = 60,
+    delay: Annotated[
+        float, typer.Option(parser=_number, help="Seconds each image takes.")
+    ] = 0.3,
     faults: Annotated[
-        float, typer.Option(help="Share of first attempts that fail (0..1).")
+        float,
+        typer.Option(parser=_number, help="Share of first attempts that fail (0..1)."),
     ] = 0.0,
-    port: Annotated[int, typer.Option(help="Port of the demo server.")] = 8765,
+    port: Annotated[
+        int, typer.Option(parser=_whole_number, help="Port of the demo server.")
+    ] = 8765,
     workers: Workers = 8,
     progress: Progress = ProgressMode.auto,
     lang: LangOpt = LangChoice.auto,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from .fsutil import commit, temp_file_beside
@@ -18,7 +21,11 @@ from .sniff import EXTENSIONS, SNIFF_BYTES, describe_non_image, sniff_format
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024  # iter_content defaults to 1 byte: a CPU sink
+CHUNK = 64 * 1024  # the most one read returns; 1-byte reads would be a CPU sink
+# Without HTTPResponse.read1 (old urllib3) a read blocks until it has this much or
+# the body ends; small reads keep the deadline and the abort flag checked often.
+FALLBACK_CHUNK = 1024
+DEADLINE_REASON = "deadline exceeded while reading the body"
 DEFAULT_USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/124.0 Safari/537.36"
@@ -100,15 +107,24 @@ class Fetcher:
         """Download `url` to `folder/stem.<ext>`; raise ImageFailed or Aborted."""
         deadline = time.monotonic() + self.config.deadline
         attempt = 0
+        last = "deadline exceeded"
         while True:
             attempt += 1
             if self.abort.is_set():
                 raise Aborted
+            if attempt > 1 and deadline - time.monotonic() <= 0:
+                # The retry wait ended late (suspend, overload): no time is left,
+                # and a request with a negative timeout would raise ValueError.
+                raise ImageFailed(
+                    f"{last} (deadline exceeded after {attempt - 1} attempts)",
+                    attempt - 1,
+                )
             try:
                 return self._attempt(url, folder, stem, deadline)
             except _Permanent as exc:
                 raise ImageFailed(str(exc), attempt) from None
             except _Transient as exc:
+                last = exc.reason
                 wait = self._backoff(attempt, exc.retry_after)
                 left = deadline - time.monotonic()
                 if attempt > self.config.retries or wait >= left:
@@ -129,8 +145,11 @@ class Fetcher:
     def _attempt(
         self, url: str, folder: Path, stem: str, deadline: float
     ) -> SavedImage:
-        left = deadline - time.monotonic()
-        timeout = (self.config.connect_timeout, min(self.config.read_timeout, left))
+        left = max(deadline - time.monotonic(), 0.001)
+        timeout = (
+            min(self.config.connect_timeout, left),
+            min(self.config.read_timeout, left),
+        )
         try:
             with self.session.get(url, stream=True, timeout=timeout) as response:
                 _check_status(response)
@@ -160,23 +179,19 @@ class Fetcher:
         expected = _expected_length(response)
         if expected is not None and expected > self.config.max_bytes:
             raise _Permanent(f"too large ({expected} bytes > --max-bytes)")
-        folder.mkdir(parents=True, exist_ok=True)
-        chunks = response.iter_content(CHUNK)
+        chunks = self._body(response, deadline)
         head = _read_head(chunks)
         fmt = sniff_format(head)
         if fmt is None:
             kind = describe_non_image(head)
             ctype = response.headers.get("Content-Type", "none")
             raise _Permanent(f"not an image: {kind} (Content-Type {ctype})")
+        folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"{stem}.{EXTENSIONS[fmt]}"
         with temp_file_beside(final) as (handle, temp):
-            handle.write(head)
-            size = len(head)
-            for chunk in chunks:
-                if self.abort.is_set():
-                    raise Aborted
-                if time.monotonic() > deadline:
-                    raise _Transient("deadline exceeded while reading the body")
+            size = 0
+            # The head is checked like any chunk: one read can hold the whole body.
+            for chunk in _prepend(head, chunks):
                 size += len(chunk)
                 if size > self.config.max_bytes:
                     raise _Permanent(f"too large (over {self.config.max_bytes} bytes)")
@@ -185,6 +200,57 @@ class Fetcher:
                 raise _Transient(f"truncated body ({size} of {expected} bytes)")
             commit(handle, temp, final)
         return SavedImage(final.name, size, fmt)
+
+    def _body(self, response: requests.Response, deadline: float) -> Iterator[bytes]:
+        """The decoded body in chunks, within the deadline and until an abort.
+
+        `iter_content` blocks until a whole chunk has arrived, so a server dripping
+        a byte at a time is never interrupted there: read1 returns what one socket
+        read brings, and the socket's timeout shrinks to what the deadline leaves.
+        """
+        raw = response.raw
+        read1 = getattr(raw, "read1", None)
+        sock = _socket_of(raw)
+        while True:
+            if self.abort.is_set():
+                raise Aborted
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Transient(DEADLINE_REASON)
+            # The timeout the deadline imposes, when shorter than the read timeout.
+            by_deadline = left < self.config.read_timeout
+            if sock is not None:
+                try:
+                    sock.settimeout(min(self.config.read_timeout, left))
+                except OSError:
+                    sock = None  # closed under us; the read will say why
+            try:
+                if read1 is not None:
+                    data = read1(CHUNK, decode_content=True)
+                else:
+                    data = raw.read(FALLBACK_CHUNK, decode_content=True)
+            except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
+                if by_deadline and sock is not None:
+                    raise _Transient(DEADLINE_REASON) from None
+                raise _Transient("timed out") from None
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise _Transient(f"connection failed ({_short_cause(exc)})") from None
+            if not data:
+                return
+            yield data
+
+
+def _socket_of(raw: object) -> socket.socket | None:
+    """The socket under a streamed urllib3 response, if it can be reached."""
+    connection = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _prepend(head: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    if head:
+        yield head
+    yield from chunks
 
 
 def _check_status(response: requests.Response) -> None:

@@ -21,27 +21,35 @@ def _current_umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_current_umask()
+# The final name is only a hint in the temporary name; a long one would push the
+# temporary name past NAME_MAX (255 bytes) and make the write fail.
+_NAME_HINT = 100
 
 
 @contextlib.contextmanager
 def temp_file_beside(path: Path) -> Iterator[tuple[IO[bytes], Path]]:
     """An open temporary file in the folder of `path`, removed unless kept.
 
-    The caller renames it into place with `commit`; on any exception it is deleted.
+    The caller renames it into place with `commit`; if the block ends without a
+    commit, normally or by any exception, the temporary file is deleted.
     """
+    hint = os.fsencode(path.name)[:_NAME_HINT].decode("utf-8", "ignore")
     fd, name = tempfile.mkstemp(
-        dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX
+        dir=path.parent, prefix=f"{TEMP_PREFIX}{hint}.", suffix=TEMP_SUFFIX
     )
     temp = Path(name)
     try:
-        # mkstemp creates 0600 files; the user's images and state want normal modes.
-        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
+            # mkstemp creates 0600 files; the user's images and state want normal
+            # modes. Some file systems (FAT, SMB mounts) refuse chmod: keep 0600.
+            with contextlib.suppress(OSError):
+                os.fchmod(handle.fileno(), FILE_MODE)
             yield handle, temp
-    except BaseException:
+    finally:
+        # After commit the name is gone (renamed); otherwise, error or not, the
+        # unfinished file must not stay behind.
         with contextlib.suppress(OSError):
             temp.unlink()
-        raise
 
 
 def commit(handle: IO[bytes], temp: Path, path: Path) -> None:
@@ -79,7 +87,8 @@ def remove_stale_temp_files(root: Path) -> int:
     for folder, _dirs, files in os.walk(root):
         for name in files:
             if is_temp_name(name):
-                with contextlib.suppress(FileNotFoundError):
+                # Gone already, or not ours to delete: neither may stop a start.
+                with contextlib.suppress(OSError):
                     os.unlink(os.path.join(folder, name))
                     removed += 1
     return removed

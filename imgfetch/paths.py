@@ -38,16 +38,24 @@ def product_dir_name(product_id: str) -> str:
         return product_id
     digest = hashlib.sha256(product_id.encode("utf-8", "surrogatepass")).hexdigest()
     prefix = _UNSAFE_CHARS.sub("_", product_id.lower()).strip("._")[:_KEPT_PREFIX]
+    if _is_reserved(prefix):
+        # "CON.jpg" -> "con.jpg~...": Windows reserves CON whatever follows the dot.
+        prefix = f"_{prefix}"
     return f"{prefix}~{digest[:16]}"
 
 
 def _is_plain(name: str) -> bool:
     return (
         len(name) <= MAX_NAME
-        and _PLAIN.match(name) is not None
+        # fullmatch: `$` would also match before a trailing "\n".
+        and _PLAIN.fullmatch(name) is not None
         and not name.endswith(".")
-        and name.split(".", 1)[0] not in _WINDOWS_RESERVED
+        and not _is_reserved(name)
     )
+
+
+def _is_reserved(name: str) -> bool:
+    return name.split(".", 1)[0] in _WINDOWS_RESERVED
 
 
 def image_relpath(product_id: str, stem: str, ext: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from .backends import open_store
 from .catalog import CatalogOptions, InvalidRecord, parse_product
-from .errors import ExitCode, StateError
+from .errors import ExitCode, StateError, UsageError
 from .messages import Messages
 from .progress import format_duration, line_writer
 from .runner import pending_age, product_key
@@ -25,6 +25,9 @@ def inspect_pending(
     first: int,
 ) -> int:
     """Print the pending work of `data_dir`; reads only, takes no lock."""
+    if first < 0:
+        # pending[:-1] would silently list all ids but the last.
+        raise UsageError(f"--first {first} is negative", "give --first 0 or more")
     if not data_dir.is_dir():
         raise StateError(
             f"data directory {str(data_dir)!r} does not exist",
@@ -60,7 +63,11 @@ def _summarize(
         try:
             product = parse_product(raw, catalog)
         except InvalidRecord as exc:
-            raise StateError(f"{label}: record {number} {exc}") from None
+            raise StateError(
+                f"{label}: record {number} {exc}",
+                "pass the same --field options as the download that saved it, or "
+                "repair that record",
+            ) from None
         images.update(image.category for image in product.images)
     return {
         "pending_file": label,

@@ -16,6 +16,7 @@ import filelock
 from .backends import open_store
 from .backends.base import StateStore
 from .catalog import (
+    Catalog,
     CatalogOptions,
     ImageRef,
     InvalidRecord,
@@ -134,11 +135,27 @@ def run_download(
     retry_failed: bool = False,
 ) -> int:
     """`imgfetch download` (input given) and `imgfetch resume` (input None)."""
-    catalog = None
-    if input_path is not None and not retry_failed:
-        catalog = read_catalog(input_path, options.catalog, skip_invalid=skip_invalid)
-        _warn_dropped(catalog, report.msg)
-    with SignalWatcher() as signals, locked_data_dir(options.data_dir):
+    with SignalWatcher() as signals:
+        catalog = None
+        if input_path is not None and not retry_failed:
+            catalog = read_catalog(
+                input_path, options.catalog, skip_invalid=skip_invalid
+            )
+            _warn_dropped(catalog, report.msg)
+        if signals.triggered.is_set():
+            # Interrupted while reading the catalog: nothing was written yet.
+            return signals.exit_code
+        return _run_locked(options, report, catalog, signals, retry_failed)
+
+
+def _run_locked(
+    options: RunOptions,
+    report: Reporter,
+    catalog: Catalog | None,
+    signals: SignalWatcher,
+    retry_failed: bool,
+) -> int:
+    with locked_data_dir(options.data_dir):
         store = open_state(options)
         try:
             _clean_temp_files(options.data_dir, report)
@@ -163,12 +180,12 @@ def _plan(
     options: RunOptions,
     report: Reporter,
     store: StateStore,
-    catalog: Any,
+    catalog: Catalog | None,
 ) -> tuple[list[Product], int, bool]:
     """Pending products first (the spec), then the input's new ones, in order."""
     had_pending = store.has_pending()
     work = _pending_products(options, store)
-    if had_pending:
+    if work:
         report("found_pending", count=len(work))
         report("pending_first")
     queued = {p.id for p in work}
@@ -285,7 +302,7 @@ def _summary(report: Reporter, result: RunResult) -> None:
         report("failures_written", count=result.failures, path="failed_images.json")
 
 
-def _warn_dropped(catalog: Any, msg: Messages) -> None:
+def _warn_dropped(catalog: Catalog, msg: Messages) -> None:
     if catalog.duplicates:
         log.warning(
             msg(

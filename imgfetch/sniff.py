@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-SNIFF_BYTES = 32
+# Enough for every signature, including an ftyp box with several compatible brands.
+SNIFF_BYTES = 64
 
 # ISO-BMFF brands (bytes 8..12 of the `ftyp` box) and the format they announce.
 _FTYP_BRANDS = {
@@ -17,6 +18,9 @@ _FTYP_BRANDS = {
     b"mif1": "heic",
     b"msf1": "heic",
 }
+# MIAF/HEIF structural brands: a file may carry one as its major brand and name
+# the codec (avif, heic) only among its compatible brands.
+_GENERIC_BRANDS = frozenset({b"mif1", b"msf1", b"miaf"})
 
 EXTENSIONS = {
     "jpeg": "jpg",
@@ -42,8 +46,10 @@ def sniff_format(head: bytes) -> str | None:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
     if head[4:8] == b"ftyp":
-        return _FTYP_BRANDS.get(head[8:12])
-    if head[:2] == b"BM" and len(head) >= 14:
+        return _ftyp_format(head)
+    # BITMAPFILEHEADER: "BM", file size, two reserved zero words, data offset. The
+    # reserved words keep a text body that happens to start with "BM" out.
+    if head[:2] == b"BM" and len(head) >= 14 and head[6:10] == b"\x00\x00\x00\x00":
         return "bmp"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "tiff"
@@ -52,9 +58,24 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+def _ftyp_format(head: bytes) -> str | None:
+    """AVIF or HEIC from an ISO-BMFF `ftyp` box; None for video and the rest."""
+    major = head[8:12]
+    if major not in _GENERIC_BRANDS:
+        return _FTYP_BRANDS.get(major)
+    size = int.from_bytes(head[:4], "big")
+    end = min(size, len(head)) if size >= 16 else len(head)
+    # Compatible brands follow the major brand and the minor version.
+    for start in range(16, end - 3, 4):
+        brand = head[start : start + 4]
+        if brand not in _GENERIC_BRANDS and brand in _FTYP_BRANDS:
+            return _FTYP_BRANDS[brand]
+    return _FTYP_BRANDS.get(major)
+
+
 def describe_non_image(head: bytes) -> str:
     """A short name for what a non-image body looks like, for failure reasons."""
-    start = head.lstrip()[:16].lower()
+    start = head.removeprefix(b"\xef\xbb\xbf").lstrip()[:16].lower()
     if start.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
         return "an HTML page"
     if start.startswith((b"<?xml", b"<error", b"<")):

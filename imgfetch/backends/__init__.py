@@ -20,18 +20,20 @@ def backend_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def check_backend(name: str) -> str:
+    """Return `name` if a store has it; otherwise a UsageError with a suggestion."""
+    if name in _REGISTRY:
+        return name
+    close = difflib.get_close_matches(name, _REGISTRY, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UsageError(
+        f"unknown backend {name!r}", f"{hint}choose one of: {', '.join(_REGISTRY)}"
+    )
+
+
 def open_store(name: str, data_dir: Path) -> StateStore:
     """Create the store called `name` for `data_dir` (not yet opened)."""
-    try:
-        target = _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else ""
-        known = ", ".join(_REGISTRY)
-        raise UsageError(
-            f"unknown backend {name!r}",
-            f"{hint + ' ' if hint else ''}choose one of: {known}",
-        ) from None
+    target = _REGISTRY[check_backend(name)]
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     store: StateStore = cls(data_dir)

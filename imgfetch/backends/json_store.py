@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..catalog import is_category_name
 from ..errors import StateError, StorageError
 from ..fsutil import atomic_write_bytes
 from ..paths import FAILED_FILE, MAPPING_FILE, PENDING_FILE
@@ -180,7 +181,8 @@ def _load_json(path: Path, kind: type, described: str) -> Any:
     if not data.strip():
         raise StateError(f"{path} is empty (expected {described})", _DAMAGED_HINT)
     try:
-        value = json.loads(data.decode("utf-8"))
+        # utf-8-sig: a file repaired in an editor that adds a BOM is still fine.
+        value = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise StateError(
             f"{path}: byte {exc.start} is not UTF-8", _DAMAGED_HINT
@@ -189,6 +191,12 @@ def _load_json(path: Path, kind: type, described: str) -> Any:
         raise StateError(
             f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})",
             _DAMAGED_HINT,
+        ) from None
+    except RecursionError:
+        raise StateError(f"{path}: JSON nested too deeply", _DAMAGED_HINT) from None
+    except ValueError:  # an integer beyond Python's int-from-text digit limit
+        raise StateError(
+            f"{path}: a number has too many digits", _DAMAGED_HINT
         ) from None
     if not isinstance(value, kind):
         raise StateError(
@@ -243,10 +251,24 @@ def _load_failures(path: Path) -> dict[str, list[Failure]]:
         try:
             if not isinstance(items, list):
                 raise ValueError("not a list")
-            failures[pid] = [Failure.from_json(item) for item in items]
+            failures[pid] = [_checked(Failure.from_json(item)) for item in items]
         except ValueError as exc:
             raise StateError(
                 f"{path}: the failures of product {pid!r} are damaged ({exc})",
                 _DAMAGED_HINT,
             ) from None
     return failures
+
+
+def _checked(failure: Failure) -> Failure:
+    """Reject failures that would name a file outside the product's folder.
+
+    The category and index become the file name (`<category>_<index>.<ext>`) when
+    `--retry-failed` fetches the image again, so a hand-edited category such as
+    "../../x" must never get that far.
+    """
+    if not is_category_name(failure.category):
+        raise ValueError(f"category {failure.category!r} is not a category name")
+    if isinstance(failure.index, bool) or failure.index < 1:
+        raise ValueError(f"index {failure.index!r} is not a position from 1")
+    return failure
