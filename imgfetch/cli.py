@@ -402,29 +402,48 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code; every error family ends here."""
     args = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in args or "-v" in args
+    lang = _lang_in(args)
     command = typer.main.get_command(app)
     try:
         result = command.main(args, prog_name="imgfetch", standalone_mode=False)
     except ImgfetchError as exc:
-        _error(str(exc), verbose)
+        _error(str(exc), verbose, lang)
         return int(exc.exit_code)
     except typer.TyperException as exc:  # click's usage errors, vendored by typer
         format_message = getattr(exc, "format_message", None)
         message = format_message() if format_message else str(exc)
-        _error(f"{message} (see imgfetch --help)", verbose)
+        _error(f"{message} (see imgfetch --help)", verbose, lang)
         return int(getattr(exc, "exit_code", ExitCode.BAD_INPUT))
     except KeyboardInterrupt:
         return int(ExitCode.SIGINT)
     except Exception as exc:
-        _error(f"internal error: {exc!r} (run with --verbose for details)", verbose)
+        _error(
+            f"internal error: {exc!r} (run with --verbose for details)", verbose, lang
+        )
         return 70
     return result if isinstance(result, int) else 0
 
 
-def _error(message: str, verbose: bool) -> None:
+def _lang_in(args: list[str]) -> Lang:
+    """The --lang of the command line, read before parsing so errors of the
+    parsing itself come in that language too."""
+    for position, arg in enumerate(args):
+        if arg == "--lang" and position + 1 < len(args):
+            value = args[position + 1]
+        elif arg.startswith("--lang="):
+            value = arg.partition("=")[2]
+        else:
+            continue
+        if value == "zh":
+            return "zh"
+        if value == "en":
+            return "en"
+    return detect_lang()
+
+
+def _error(message: str, verbose: bool, lang: Lang) -> None:
     if verbose:
         traceback.print_exc()
-    lang = detect_lang()
     prefix = Messages(lang)("error_prefix")
     line = " ".join(message.split())  # one line, whatever the cause contained
     try:

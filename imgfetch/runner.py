@@ -158,11 +158,14 @@ def _run_locked(
     with locked_data_dir(options.data_dir):
         store = open_state(options)
         try:
+            # Every stored record is validated before anything is printed or
+            # cleaned, so damaged state changes nothing.
+            pending = [] if retry_failed else _pending_products(options, store)
             _clean_temp_files(options.data_dir, report)
             report.banner()
             if retry_failed:
                 return _retry_failed(options, report, store, signals)
-            work, done_before, had_pending = _plan(options, report, store, catalog)
+            work, done_before, had_pending = _plan(report, store, catalog, pending)
             if catalog is None and not had_pending:
                 report("nothing_to_resume", path=store.pending_label)
                 return ExitCode.OK
@@ -177,14 +180,14 @@ def _run_locked(
 
 
 def _plan(
-    options: RunOptions,
     report: Reporter,
     store: StateStore,
     catalog: Catalog | None,
+    pending: list[Product],
 ) -> tuple[list[Product], int, bool]:
     """Pending products first (the spec), then the input's new ones, in order."""
     had_pending = store.has_pending()
-    work = _pending_products(options, store)
+    work = list(pending)
     if work:
         report("found_pending", count=len(work))
         report("pending_first")

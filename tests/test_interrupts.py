@@ -463,6 +463,39 @@ def test_stalled_server_exits_within_grace_period_plus_one_second(
     assert blocked <= {p["id"] for p in pending}, "a product without its image is done"
 
 
+def test_interrupt_while_images_are_half_written_leaves_no_temp_files(
+    server: ImageServer, tmp_path: Path, children: list[Child]
+) -> None:
+    # The qc image of every product drips a byte every 10 ms (18 s in all), so its
+    # temporary file sits half written when the signal comes.
+    catalog = slow_catalog(server, 8, slow={"drip": 0.01})
+    source = write_catalog(tmp_path / "products.json", catalog)
+    data = tmp_path / "data"
+
+    args = dl(source, data, "--workers", "4", "--grace-period", "0.3")
+    child = spawn(children, args, tmp_path)
+    deadline = time.monotonic() + 30
+    while len(temp_files(data)) < 2:
+        assert time.monotonic() < deadline, "no image was being written"
+        assert child.proc.poll() is None, f"exited: {child.out}\n{child.err}"
+        time.sleep(0.01)
+    half_written = {p.parent.name for p in temp_files(data)}
+    sent = child.send(signal.SIGINT)
+    exit_code = child.wait()
+    elapsed = time.monotonic() - sent
+
+    assert exit_code == 130, f"{child.out}\n{child.err}"
+    assert elapsed <= 0.3 + 1.0, f"{elapsed:.2f}s to exit with --grace-period 0.3"
+    assert not temp_files(data), f"temporary files left: {temp_files(data)}"
+    assert_no_traceback(child.err, "half written")
+    assert_interrupt_report(child.stdout, "en", data, "half written")
+    assert_consistent(data, catalog, server, finished=False)
+    _mapping, pending = state(data)
+    assert half_written <= {p["id"] for p in pending}
+    for pid in half_written:
+        assert not list((data / "images" / pid).glob("qc_1.*")), pid
+
+
 def test_second_sigint_skips_the_grace_wait(
     server: ImageServer, tmp_path: Path, children: list[Child]
 ) -> None:
@@ -774,29 +807,35 @@ def open_fifo_writer(fifo: Path, child: Child, timeout: float = 30) -> int:
     ids=["sigint", "sigterm"],
 )
 def test_signal_while_the_catalog_is_read_exits_with_its_code(
-    tmp_path: Path, children: list[Child], sig: int, code: int
+    server: ImageServer, tmp_path: Path, children: list[Child], sig: int, code: int
 ) -> None:
-    """A big catalog takes a while to read; an interrupt then must still give the
-    signal's exit code (and write nothing, as nothing was started).
+    """A big catalog takes a while to read; an interrupt then still gives the
+    signal's exit code, and nothing is written or downloaded.
 
-    The catalog is a FIFO, so the moment is exact: imgfetch is inside the read,
-    waiting for the rest of the file, when the signal arrives.
+    The catalog is a FIFO, so the moment is exact: imgfetch has opened it and is
+    waiting for the rest of the file when the signal arrives.
     """
     fifo = tmp_path / "products.json"
     os.mkfifo(fifo)
     data = tmp_path / "data"
+    payload = json.dumps(make_catalog(server, 3)).encode()
     child = spawn(children, dl(fifo, data), tmp_path)
     fd = open_fifo_writer(fifo, child)
     try:
-        os.write(fd, b'[{"id": "a", "main_images": []},\n')
+        os.write(fd, payload[:10])
+        # imgfetch is blocked reading: the signal wakes it at once (EINTR), so
+        # the handler has run before the rest of the file can be read.
         child.send(sig)
-        exit_code = child.wait()
+        os.set_blocking(fd, True)
+        os.write(fd, payload[10:])
     finally:
         os.close(fd)
+    exit_code = child.wait()
     name = signal.Signals(sig).name
     assert exit_code == code, (
         f"{name} while reading the catalog: exit {exit_code}, expected {code}; "
-        f"stderr:\n{child.err}"
+        f"stdout:\n{child.out}\nstderr:\n{child.err}"
     )
     assert_no_traceback(child.err, name)
     assert not data.exists(), "the data directory was created"
+    assert server.total_requests == 0

@@ -61,8 +61,8 @@ class JsonStore(StateStore):
         for pid in finished:
             del self._pending[pid]
         # Rewrite (or delete) the pending file at the next flush, not here: open
-        # never writes.
-        self._dirty = bool(finished)
+        # never writes. A first run writes the mapping even when it stays empty.
+        self._dirty = bool(finished) or not self.mapping_path.exists()
 
     @property
     def mapping_label(self) -> str:
