@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import CatalogError, UsageError
+from .messages import Text
 
 ID_FALLBACKS = ("id", "item_id", "product_id", "num_iid", "goods_id")
 DEFAULT_FIELDS = {"main": "main_images", "sku": "sku_images", "qc": "qc_images"}
@@ -64,11 +65,29 @@ class Catalog:
     duplicates: int = 0
     duplicate_example: str = ""
     invalid: int = 0
-    first_invalid: str = ""
+    invalid_example: Text | None = None  # where the first invalid record is, and why
+
+    @property
+    def first_invalid(self) -> str:
+        """The first invalid record, in English (logs, tests)."""
+        return "" if self.invalid_example is None else str(self.invalid_example)
 
 
 class InvalidRecord(ValueError):
-    """A record that cannot become a product; the caller adds where it is."""
+    """A record that cannot become a product; the caller adds where it is.
+
+    `InvalidRecord("no_id", names=...)` carries the catalog entry `reason_no_id`,
+    which the caller composes into its error message; `str()` is English.
+    """
+
+    def __init__(self, key: str, /, **values: object) -> None:
+        self.text = Text(f"reason_{key}", **values)
+        super().__init__(str(self.text))
+
+
+def reason_of(exc: ValueError) -> Text | str:
+    """Why a record was rejected, as a message value (plain text if not ours)."""
+    return exc.text if isinstance(exc, InvalidRecord) else str(exc)
 
 
 def parse_field_overrides(specs: list[str]) -> dict[str, str]:
@@ -78,15 +97,9 @@ def parse_field_overrides(specs: list[str]) -> dict[str, str]:
         category, sep, name = spec.partition("=")
         category, name = category.strip(), name.strip()
         if not sep or not name:
-            raise UsageError(
-                f"--field {spec!r} is not CATEGORY=FIELD",
-                "write it like --field qc=qc_photos",
-            )
+            raise UsageError("field_not_pair", hint="field_example", spec=spec)
         if not is_category_name(category):
-            raise UsageError(
-                f"--field category {category!r} is not a plain name",
-                "use lower-case letters, digits and _ (it becomes part of file names)",
-            )
+            raise UsageError("field_category", hint="category_chars", category=category)
         fields[category] = name
     return fields
 
@@ -119,20 +132,20 @@ def product_id(record: Mapping[str, Any], id_field: str | None) -> str:
     for name in names:
         if name in record and record[name] is not None:
             return _id_text(record[name], name)
-    raise InvalidRecord(f"has no product id (looked for {', '.join(names)})")
+    raise InvalidRecord("no_id", names=", ".join(names))
 
 
 def _id_text(value: Any, name: str) -> str:
     # bool is an int subclass; an id of true is a data error, not the id "True".
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InvalidRecord(f"field {name!r} is {type(value).__name__}, not an id")
+        raise InvalidRecord("id_type", name=name, kind=type(value).__name__)
     if isinstance(value, float):
         if not value.is_integer():
-            raise InvalidRecord(f"field {name!r} is {value!r}, not an id")
+            raise InvalidRecord("id_value", name=name, value=value)
         value = int(value)
     text = str(value)
     if not text.strip():
-        raise InvalidRecord(f"field {name!r} is empty")
+        raise InvalidRecord("id_empty", name=name)
     return text
 
 
@@ -143,9 +156,7 @@ def _field_urls(value: Any, name: str) -> list[str]:
     if isinstance(value, str):
         return [value] if value.strip() else []
     if not isinstance(value, list):
-        raise InvalidRecord(
-            f"field {name!r} is {type(value).__name__}; expected a list of URLs"
-        )
+        raise InvalidRecord("field_type", name=name, kind=type(value).__name__)
     urls = []
     for position, item in enumerate(value):
         url = _item_url(item, f"{name}[{position}]")
@@ -169,19 +180,19 @@ def _item_url(item: Any, where: str) -> str | None:
                 continue
             if isinstance(found, str):
                 return found
-            raise InvalidRecord(f"{where}.{key} is {type(found).__name__}")
+            raise InvalidRecord(
+                "url_type", where=where, key=key, kind=type(found).__name__
+            )
         if present:
             return None
-        raise InvalidRecord(f"{where} is an object without {'/'.join(URL_KEYS)}")
-    raise InvalidRecord(
-        f"{where} is {type(item).__name__}; expected a URL or an object with url"
-    )
+        raise InvalidRecord("no_url_key", where=where, keys="/".join(URL_KEYS))
+    raise InvalidRecord("item_type", where=where, kind=type(item).__name__)
 
 
 def parse_product(record: Any, options: CatalogOptions) -> Product:
     """Build a Product from one record, or raise InvalidRecord saying why not."""
     if not isinstance(record, dict):
-        raise InvalidRecord(f"is {type(record).__name__}, not an object")
+        raise InvalidRecord("not_object", kind=type(record).__name__)
     pid = product_id(record, options.id_field)
     images = []
     for category, name in options.fields.items():
@@ -202,22 +213,32 @@ def read_catalog(
         if isinstance(record, UnreadableLine):
             if not skip_invalid:
                 raise CatalogError(
-                    f"{path}: {where} {record.reason}",
-                    "fix or remove that line, or pass --skip-invalid to skip it",
+                    "catalog_record",
+                    hint="fix_line",
+                    path=path,
+                    where=where,
+                    reason=record.reason,
                 )
             catalog.invalid += 1
-            catalog.first_invalid = catalog.first_invalid or f"{where} {record.reason}"
+            catalog.invalid_example = catalog.invalid_example or Text(
+                "at_where", where=where, reason=record.reason
+            )
             continue
         try:
             product = parse_product(record, options)
         except InvalidRecord as exc:
             if not skip_invalid:
                 raise CatalogError(
-                    f"{path}: {where} {exc}",
-                    "fix the record, or pass --skip-invalid to skip bad records",
+                    "catalog_record",
+                    hint="fix_record",
+                    path=path,
+                    where=where,
+                    reason=exc.text,
                 ) from None
             catalog.invalid += 1
-            catalog.first_invalid = catalog.first_invalid or f"{where} {exc}"
+            catalog.invalid_example = catalog.invalid_example or Text(
+                "at_where", where=where, reason=exc.text
+            )
             continue
         if product.id in seen:
             catalog.duplicates += 1
@@ -232,10 +253,10 @@ def read_catalog(
 class UnreadableLine:
     """A JSON Lines line that is not JSON: a bad record, not a bad file."""
 
-    reason: str
+    reason: Text
 
 
-def iter_records(path: Path) -> Iterator[tuple[str, Any]]:
+def iter_records(path: Path) -> Iterator[tuple[Text, Any]]:
     """Yield (location, record) from a JSON array or, for .jsonl, JSON Lines.
 
     A JSON Lines line that cannot be decoded is yielded as an UnreadableLine, so
@@ -253,27 +274,27 @@ def _read_text(path: Path) -> str:
         data = path.read_bytes()
     except FileNotFoundError:
         raise CatalogError(
-            f"input file {str(path)!r} not found", "pass the path of your catalog"
+            "input_not_found", hint="pass_catalog", path=str(path)
         ) from None
     except IsADirectoryError:
         raise CatalogError(
-            f"input {str(path)!r} is a directory", "pass the catalog file inside it"
+            "input_is_dir", hint="pass_file_inside", path=str(path)
         ) from None
     except OSError as exc:
-        raise CatalogError(f"cannot read input {str(path)!r}: {exc.strerror}") from None
+        raise CatalogError(
+            "input_unreadable", path=str(path), detail=exc.strerror
+        ) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CatalogError(
-            f"{path}: byte {exc.start} is not UTF-8", "save the catalog as UTF-8"
+            "not_utf8", hint="save_utf8", path=path, offset=exc.start
         ) from None
 
 
-def _iter_json_lines(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+def _iter_json_lines(path: Path, text: str) -> Iterator[tuple[Text, Any]]:
     if not text.strip():
-        raise CatalogError(
-            f"{path}: the file is empty", "expected one JSON object a line"
-        )
+        raise CatalogError("file_empty", hint="expect_json_lines", path=path)
     # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085, \x1c...,
     # which JSON strings may hold raw (json.dumps(ensure_ascii=False) writes them).
     for lineno, line in enumerate(text.split("\n"), start=1):
@@ -282,24 +303,24 @@ def _iter_json_lines(path: Path, text: str) -> Iterator[tuple[str, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            where = f"line {lineno}, column {exc.colno}:"
-            yield where, UnreadableLine(f"invalid JSON ({exc.msg})")
+            where = Text("at_line_column", line=lineno, column=exc.colno)
+            yield where, UnreadableLine(Text("reason_invalid_json", detail=exc.msg))
             continue
         except (RecursionError, ValueError) as exc:
-            yield f"line {lineno}:", UnreadableLine(_undecodable(exc))
+            yield Text("at_line", line=lineno), UnreadableLine(undecodable(exc))
             continue
-        yield f"line {lineno}:", record
+        yield Text("at_line", line=lineno), record
 
 
 _WS = re.compile(r"\s*")
 
 
-def _iter_json_array(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+def _iter_json_array(path: Path, text: str) -> Iterator[tuple[Text, Any]]:
     """Decode the array one element at a time so each error has a line number."""
     decoder = json.JSONDecoder()
     pos = _WS.match(text, 0).end()  # type: ignore[union-attr]
     if pos == len(text):
-        raise CatalogError(f"{path}: the file is empty", "expected a JSON array")
+        raise CatalogError("file_empty", hint="expect_array", path=path)
     if text[pos] != "[":
         _raise_not_array(path, text, pos)
     pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
@@ -318,7 +339,7 @@ def _iter_json_array(path: Path, text: str) -> Iterator[tuple[str, Any]]:
         # Count newlines incrementally: recounting from 0 is quadratic in big files.
         line += text.count("\n", counted_to, pos)
         counted_to = pos
-        yield f"record {number} (line {line}):", record
+        yield Text("at_record", number=number, line=line), record
         pos = _WS.match(text, end).end()  # type: ignore[union-attr]
         if text.startswith(",", pos):
             pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
@@ -340,10 +361,7 @@ def _raise_not_array(path: Path, text: str, pos: int) -> None:
     except (RecursionError, ValueError) as exc:
         _raise_undecodable(path, text.count("\n", 0, pos) + 1, exc)
     kind = type(value).__name__
-    raise CatalogError(
-        f"{path}: the top level is {kind}, not a list of products",
-        "write a JSON array [ {...}, ... ] or JSON Lines in a .jsonl file",
-    )
+    raise CatalogError("top_level", hint="write_array", path=path, kind=kind)
 
 
 def _reject_json_lines(path: Path, text: str, pos: int) -> None:
@@ -358,9 +376,7 @@ def _reject_json_lines(path: Path, text: str, pos: int) -> None:
     if "\n" in text[end:nxt] and text.startswith("{", nxt):
         line = text.count("\n", 0, nxt) + 1
         raise CatalogError(
-            f"{path}: line {line}: a second top-level object; this looks like "
-            "JSON Lines, not a JSON array",
-            "rename the file to .jsonl, or wrap the records in [ ... ]",
+            "looks_like_jsonl", hint="rename_jsonl", path=path, line=line
         )
 
 
@@ -372,21 +388,28 @@ def _expect_end(path: Path, text: str, pos: int) -> None:
 
 def _raise_json(path: Path, exc: json.JSONDecodeError) -> None:
     raise CatalogError(
-        f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})",
-        "fix the file (a truncated download or a missing comma is common)",
+        "invalid_json",
+        hint="fix_json",
+        path=path,
+        line=exc.lineno,
+        column=exc.colno,
+        detail=exc.msg,
     ) from None
 
 
-def _undecodable(exc: BaseException) -> str:
+def undecodable(exc: BaseException) -> Text:
     """Why valid-looking JSON could not be decoded (json raises these, not
     JSONDecodeError, for hostile input)."""
     if isinstance(exc, RecursionError):
-        return "JSON nested too deeply to read"
-    return "a number has too many digits to read"
+        return Text("reason_too_deep")
+    return Text("reason_too_many_digits")
 
 
 def _raise_undecodable(path: Path, line: int, exc: BaseException) -> None:
     raise CatalogError(
-        f"{path}: line {line}: {_undecodable(exc)}",
-        "fix the file (is it really a product catalog?)",
+        "undecodable",
+        hint="not_a_catalog",
+        path=path,
+        line=line,
+        reason=undecodable(exc),
     ) from None

@@ -20,7 +20,7 @@ from .console import setup_logging
 from .engine import WORKER_THREAD_PREFIX, EngineConfig
 from .errors import EXIT_CODE_TABLE, ExitCode, ImgfetchError, UsageError
 from .fetch import DEFAULT_USER_AGENT, FetchConfig
-from .messages import Lang, Messages, detect_lang
+from .messages import Lang, Messages, Text, detect_lang
 from .progress import line_writer
 from .runner import Reporter, RunOptions, run_download
 
@@ -54,20 +54,29 @@ class LangChoice(StrEnum):
     zh = "zh"
 
 
+class BadValue(typer.BadParameter):
+    """An option value a parser rejects; click adds the option's name. The text is
+    English until `main` renders it in the language of the command line."""
+
+    def __init__(self, key: str, /, **values: object) -> None:
+        self.text = Text(f"err_{key}", **values)
+        super().__init__(str(self.text))
+
+
 def _whole_number(value: str | int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a whole number") from None
+        raise BadValue("not_whole_number", value=value) from None
 
 
 def _number(value: str | float) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a number") from None
+        raise BadValue("not_number", value=value) from None
     if number != number or number in (float("inf"), float("-inf")):
-        raise typer.BadParameter(f"{value!r} is not a finite number")
+        raise BadValue("not_finite", value=value)
     return number
 
 
@@ -188,14 +197,11 @@ def _run_options(
         ("--deadline", deadline),
     ):
         if not value >= 0:  # also rejects NaN
-            raise UsageError(f"{name} {value} is negative", f"give {name} 0 or more")
+            raise UsageError("negative", hint="zero_or_more", option=name, value=value)
     _check_positive("--retries", retries, minimum=0, maximum=100)
     _check_positive("--max-bytes", max_bytes, minimum=1)
     if default_scheme not in ("http", "https"):
-        raise UsageError(
-            f"--default-scheme {default_scheme!r} is not http or https",
-            "use --default-scheme https (or http)",
-        )
+        raise UsageError("bad_scheme", hint="scheme", scheme=default_scheme)
     field_map = parse_field_overrides(fields or [])
     return RunOptions(
         data_dir=data_dir,
@@ -226,7 +232,9 @@ def _check_positive(
 ) -> None:
     if value < minimum or (maximum is not None and value > maximum):
         bounds = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
-        raise UsageError(f"{name} {value} is out of range", f"use a value {bounds}")
+        raise UsageError(
+            "out_of_range", hint="range", option=name, value=value, bounds=bounds
+        )
 
 
 def _messages(lang: LangChoice) -> Messages:
@@ -368,7 +376,9 @@ def demo(
 
     setup_logging(verbose)
     if not 0 <= faults <= 1:
-        raise UsageError(f"--faults {faults} is not between 0 and 1")
+        raise UsageError("faults", value=faults)
+    if not delay >= 0:
+        raise UsageError("negative", hint="zero_or_more", option="--delay", value=delay)
     _check_positive("--products", products, minimum=1, maximum=100_000)
     _check_positive("--workers", workers, minimum=1, maximum=512)
     code = run_demo(
@@ -402,24 +412,25 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code; every error family ends here."""
     args = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in args or "-v" in args
-    lang = _lang_in(args)
+    msg = Messages(_lang_in(args))
     command = typer.main.get_command(app)
     try:
         result = command.main(args, prog_name="imgfetch", standalone_mode=False)
     except ImgfetchError as exc:
-        _error(str(exc), verbose, lang)
+        _error(exc.render(msg), verbose, msg)
         return int(exc.exit_code)
     except typer.TyperException as exc:  # click's usage errors, vendored by typer
+        if isinstance(exc, BadValue):
+            exc.message = exc.text.render(msg)
+        # click's own text ("No such option", "Invalid value for") stays English.
         format_message = getattr(exc, "format_message", None)
         message = format_message() if format_message else str(exc)
-        _error(f"{message} (see imgfetch --help)", verbose, lang)
+        _error(msg("err_usage", detail=message), verbose, msg)
         return int(getattr(exc, "exit_code", ExitCode.BAD_INPUT))
     except KeyboardInterrupt:
         return int(ExitCode.SIGINT)
     except Exception as exc:
-        _error(
-            f"internal error: {exc!r} (run with --verbose for details)", verbose, lang
-        )
+        _error(msg("err_internal", detail=repr(exc)), verbose, msg)
         return 70
     return result if isinstance(result, int) else 0
 
@@ -441,10 +452,10 @@ def _lang_in(args: list[str]) -> Lang:
     return detect_lang()
 
 
-def _error(message: str, verbose: bool, lang: Lang) -> None:
+def _error(message: str, verbose: bool, msg: Messages) -> None:
     if verbose:
         traceback.print_exc()
-    prefix = Messages(lang)("error_prefix")
+    prefix = msg("error_prefix")
     line = " ".join(message.split())  # one line, whatever the cause contained
     try:
         sys.stderr.write(f"imgfetch: {prefix}: {line}\n")

@@ -35,8 +35,7 @@ def run_demo(
         server.start(port=port)
     except OSError as exc:
         raise UsageError(
-            f"cannot serve the demo on 127.0.0.1:{port} ({exc.strerror or exc})",
-            "pass --port with a free port; keep the same port to resume a demo",
+            "demo_port", hint="demo_port", port=port, detail=exc.strerror or exc
         ) from None
     try:
         return _download(folder, server, products, workers, progress, msg)

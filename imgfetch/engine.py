@@ -120,6 +120,7 @@ class Engine:
         self.jobs: queue.Queue[_Job | None] = queue.Queue()
         self.results: queue.Queue[tuple[_Job, Outcome]] = queue.Queue()
         self.stop_starting = threading.Event()
+        self.interrupted = False  # a signal stopped the run with work left
         self._outstanding = 0
         self._done = 0
         self._total = 0
@@ -140,6 +141,7 @@ class Engine:
         try:
             self.view.begin(total, done_before)
             if self._loop(todo, merge):
+                self.interrupted = True
                 self._shutdown()
             else:
                 self.view.end()
@@ -155,7 +157,10 @@ class Engine:
             self.view.end()
             self._stop_workers()
         return RunResult(
-            signal=self.signals.first_signal if self.stop_starting.is_set() else None,
+            # Only a signal the run stopped for: one that lands after the last
+            # product (nothing pending) ends a complete run, not an interrupted one.
+            # (stop_starting cannot tell: _stop_workers sets it on every exit.)
+            signal=self.signals.first_signal if self.interrupted else None,
             completed=self.store.completed_count(),
             pending=len(self.store.pending()),
             failures=sum(len(f) for f in self.store.failures().values()),
@@ -431,6 +436,8 @@ def _ext(filename: str) -> str:
 
 def _storage_error(error: OSError, folder: Path) -> StorageError:
     return StorageError(
-        f"cannot write images in {folder}: {error.strerror or error}",
-        "free disk space or fix permissions, then run again to resume",
+        "write_images",
+        hint="free_space_resume",
+        path=folder,
+        detail=error.strerror or error,
     )

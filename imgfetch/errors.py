@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from .messages import Messages, Text
+
 
 class ExitCode(IntEnum):
     """Process exit codes; the README and `imgfetch --help` show the same table."""
@@ -35,20 +37,37 @@ EXIT_CODE_TABLE: tuple[tuple[int, str], ...] = (
 class ImgfetchError(Exception):
     """Root of every error imgfetch reports to a user.
 
-    The message is one line that names the bad value; `hint` says what to do.
+    Built from message catalog keys and values, rendered in the user's language at
+    the CLI boundary: `CatalogError("input_not_found", hint="pass_catalog",
+    path=...)` renders `err_input_not_found`, then `hint_pass_catalog` (which says
+    what to do) with the same values. The message names the bad value. `str()` is
+    the English rendering, for logs.
     """
 
     exit_code: ExitCode = ExitCode.BAD_INPUT
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+    def __init__(self, key: str, /, hint: str | None = None, **values: object) -> None:
+        super().__init__(key)
+        self.text = Text(f"err_{key}", **values)
+        self.hint_text = Text(f"hint_{hint}", **values) if hint else None
+
+    def render(self, msg: Messages) -> str:
+        """One line in msg's language: the message, then `; ` and the hint."""
+        message = self.text.render(msg)
+        if self.hint_text is None:
+            return message
+        return f"{message}; {self.hint_text.render(msg)}"
+
+    @property
+    def message(self) -> str:
+        return str(self.text)
+
+    @property
+    def hint(self) -> str | None:
+        return None if self.hint_text is None else str(self.hint_text)
 
     def __str__(self) -> str:
-        if self.hint:
-            return f"{self.message}; {self.hint}"
-        return self.message
+        return self.render(Messages("en"))
 
 
 class UsageError(ImgfetchError):

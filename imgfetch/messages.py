@@ -148,6 +148,356 @@ _CATALOG: dict[str, dict[Lang, str]] = {
     "label_products": {"en": "products", "zh": "商品"},
     "label_images": {"en": "images", "zh": "图片"},
     "label_failed": {"en": "failed", "zh": "失败"},
+    # ---- errors. An ImgfetchError("x", hint="y", **values) renders err_x; hint_y
+    # with the same values. InvalidRecord("x") is reason_x, composed into an error.
+    # Values from Python or the OS (strerror, json's "Expecting ',' delimiter")
+    # stay as they come.
+    "err_usage": {
+        "en": "{detail} (see imgfetch --help)",
+        "zh": "{detail} (参见 imgfetch --help)",
+    },
+    "err_internal": {
+        "en": "internal error: {detail} (run with --verbose for details)",
+        "zh": "内部错误: {detail} (加 --verbose 运行可查看详情)",
+    },
+    "err_not_whole_number": {
+        "en": "{value!r} is not a whole number",
+        "zh": "{value!r} 不是整数",
+    },
+    "err_not_number": {"en": "{value!r} is not a number", "zh": "{value!r} 不是数字"},
+    "err_not_finite": {
+        "en": "{value!r} is not a finite number",
+        "zh": "{value!r} 不是有限的数字",
+    },
+    "err_negative": {
+        "en": "{option} {value} is negative",
+        "zh": "{option} {value} 是负数",
+    },
+    "hint_zero_or_more": {
+        "en": "give {option} 0 or more",
+        "zh": "{option} 请给 0 或更大的值",
+    },
+    "err_out_of_range": {
+        "en": "{option} {value} is out of range",
+        "zh": "{option} {value} 超出范围",
+    },
+    "hint_range": {"en": "use a value {bounds}", "zh": "请用 {bounds} 范围内的值"},
+    "err_faults": {
+        "en": "--faults {value} is not between 0 and 1",
+        "zh": "--faults {value} 不在 0 到 1 之间",
+    },
+    "err_bad_scheme": {
+        "en": "--default-scheme {scheme!r} is not http or https",
+        "zh": "--default-scheme {scheme!r} 不是 http 或 https",
+    },
+    "hint_scheme": {
+        "en": "use --default-scheme https (or http)",
+        "zh": "请用 --default-scheme https (或 http)",
+    },
+    "err_field_not_pair": {
+        "en": "--field {spec!r} is not CATEGORY=FIELD",
+        "zh": "--field {spec!r} 不是 CATEGORY=FIELD 的形式",
+    },
+    "hint_field_example": {
+        "en": "write it like --field qc=qc_photos",
+        "zh": "请写成 --field qc=qc_photos 这样",
+    },
+    "err_field_category": {
+        "en": "--field category {category!r} is not a plain name",
+        "zh": "--field 的类别 {category!r} 不是简单的名称",
+    },
+    "hint_category_chars": {
+        "en": "use lower-case letters, digits and _ (it becomes part of file names)",
+        "zh": "只用小写字母、数字和 _ (它会成为文件名的一部分)",
+    },
+    "err_unknown_backend": {
+        "en": "unknown backend {name!r}",
+        "zh": "未知的存储后端 {name!r}",
+    },
+    "hint_backend_suggest": {
+        "en": "did you mean {close!r}? choose one of: {names}",
+        "zh": "是不是想用 {close!r}? 可选: {names}",
+    },
+    "hint_backend_choose": {"en": "choose one of: {names}", "zh": "可选: {names}"},
+    "err_demo_port": {
+        "en": "cannot serve the demo on 127.0.0.1:{port} ({detail})",
+        "zh": "无法在 127.0.0.1:{port} 上启动演示服务器 ({detail})",
+    },
+    "hint_demo_port": {
+        "en": "pass --port with a free port; keep the same port to resume a demo",
+        "zh": "请用 --port 指定一个空闲端口; 恢复演示时请使用同一个端口",
+    },
+    # the input catalog
+    "err_input_not_found": {
+        "en": "input file {path!r} not found",
+        "zh": "找不到输入文件 {path!r}",
+    },
+    "hint_pass_catalog": {
+        "en": "pass the path of your catalog",
+        "zh": "请给出商品目录文件的路径",
+    },
+    "err_input_is_dir": {
+        "en": "input {path!r} is a directory",
+        "zh": "输入 {path!r} 是一个目录",
+    },
+    "hint_pass_file_inside": {
+        "en": "pass the catalog file inside it",
+        "zh": "请给出其中的商品目录文件",
+    },
+    "err_input_unreadable": {
+        "en": "cannot read input {path!r}: {detail}",
+        "zh": "无法读取输入 {path!r}: {detail}",
+    },
+    "err_not_utf8": {
+        "en": "{path}: byte {offset} is not UTF-8",
+        "zh": "{path}: 第 {offset} 字节不是 UTF-8 编码",
+    },
+    "hint_save_utf8": {
+        "en": "save the catalog as UTF-8",
+        "zh": "请将商品目录保存为 UTF-8",
+    },
+    "err_file_empty": {"en": "{path}: the file is empty", "zh": "{path}: 文件是空的"},
+    "hint_expect_json_lines": {
+        "en": "expected one JSON object a line",
+        "zh": "应为每行一个 JSON 对象",
+    },
+    "hint_expect_array": {"en": "expected a JSON array", "zh": "应为一个 JSON 数组"},
+    "err_top_level": {
+        "en": "{path}: the top level is {kind}, not a list of products",
+        "zh": "{path}: 顶层是 {kind}, 不是商品列表",
+    },
+    "hint_write_array": {
+        "en": "write a JSON array [ {{...}}, ... ] or JSON Lines in a .jsonl file",
+        "zh": "请写成 JSON 数组 [ {{...}}, ... ], 或把 JSON Lines 存为 .jsonl 文件",
+    },
+    "err_looks_like_jsonl": {
+        "en": (
+            "{path}: line {line}: a second top-level object; this looks like "
+            "JSON Lines, not a JSON array"
+        ),
+        "zh": (
+            "{path}: 第 {line} 行: 第二个顶层对象; 这像是 JSON Lines, 而不是 JSON 数组"
+        ),
+    },
+    "hint_rename_jsonl": {
+        "en": "rename the file to .jsonl, or wrap the records in [ ... ]",
+        "zh": "请把文件改名为 .jsonl, 或用 [ ... ] 包住这些记录",
+    },
+    "err_invalid_json": {
+        "en": "{path}: line {line}, column {column}: invalid JSON ({detail})",
+        "zh": "{path}: 第 {line} 行第 {column} 列: JSON 格式错误 ({detail})",
+    },
+    "hint_fix_json": {
+        "en": "fix the file (a truncated download or a missing comma is common)",
+        "zh": "请修正该文件 (常见原因: 下载不完整或缺少逗号)",
+    },
+    "err_undecodable": {
+        "en": "{path}: line {line}: {reason}",
+        "zh": "{path}: 第 {line} 行: {reason}",
+    },
+    "hint_not_a_catalog": {
+        "en": "fix the file (is it really a product catalog?)",
+        "zh": "请修正该文件 (它真的是商品目录吗?)",
+    },
+    "err_catalog_record": {
+        "en": "{path}: {where} {reason}",
+        "zh": "{path}: {where} {reason}",
+    },
+    "hint_fix_line": {
+        "en": "fix or remove that line, or pass --skip-invalid to skip it",
+        "zh": "请修正或删除该行, 或加 --skip-invalid 跳过它",
+    },
+    "hint_fix_record": {
+        "en": "fix the record, or pass --skip-invalid to skip bad records",
+        "zh": "请修正该记录, 或加 --skip-invalid 跳过无效记录",
+    },
+    # where a record is, and why it cannot become a product (InvalidRecord)
+    "at_record": {
+        "en": "record {number} (line {line}):",
+        "zh": "第 {number} 条记录 (第 {line} 行):",
+    },
+    "at_line": {"en": "line {line}:", "zh": "第 {line} 行:"},
+    "at_line_column": {
+        "en": "line {line}, column {column}:",
+        "zh": "第 {line} 行第 {column} 列:",
+    },
+    "at_where": {"en": "{where} {reason}", "zh": "{where} {reason}"},
+    "reason_not_object": {
+        "en": "is {kind}, not an object",
+        "zh": "是 {kind}, 不是对象",
+    },
+    "reason_no_id": {
+        "en": "has no product id (looked for {names})",
+        "zh": "没有商品ID (查找了 {names})",
+    },
+    "reason_id_type": {
+        "en": "field {name!r} is {kind}, not an id",
+        "zh": "字段 {name!r} 是 {kind}, 不是ID",
+    },
+    "reason_id_value": {
+        "en": "field {name!r} is {value!r}, not an id",
+        "zh": "字段 {name!r} 的值 {value!r} 不是ID",
+    },
+    "reason_id_empty": {"en": "field {name!r} is empty", "zh": "字段 {name!r} 是空的"},
+    "reason_field_type": {
+        "en": "field {name!r} is {kind}; expected a list of URLs",
+        "zh": "字段 {name!r} 是 {kind}; 应为 URL 列表",
+    },
+    "reason_url_type": {
+        "en": "{where}.{key} is {kind}",
+        "zh": "{where}.{key} 是 {kind}",
+    },
+    "reason_no_url_key": {
+        "en": "{where} is an object without {keys}",
+        "zh": "{where} 是不含 {keys} 的对象",
+    },
+    "reason_item_type": {
+        "en": "{where} is {kind}; expected a URL or an object with url",
+        "zh": "{where} 是 {kind}; 应为 URL 或带 url 的对象",
+    },
+    "reason_invalid_json": {
+        "en": "invalid JSON ({detail})",
+        "zh": "JSON 格式错误 ({detail})",
+    },
+    "reason_too_deep": {
+        "en": "JSON nested too deeply to read",
+        "zh": "JSON 嵌套太深, 无法读取",
+    },
+    "reason_too_many_digits": {
+        "en": "a number has too many digits to read",
+        "zh": "某个数字位数太多, 无法读取",
+    },
+    "reason_not_list": {"en": "not a list", "zh": "不是列表"},
+    "reason_failure_not_object": {
+        "en": "a failure is not an object",
+        "zh": "某条失败记录不是对象",
+    },
+    "reason_failure_missing": {
+        "en": "a failure has no {key!r}",
+        "zh": "某条失败记录缺少 {key!r}",
+    },
+    "reason_failure_types": {
+        "en": "a failure's url or index has the wrong type",
+        "zh": "某条失败记录的 url 或 index 类型不对",
+    },
+    "reason_bad_category": {
+        "en": "category {category!r} is not a category name",
+        "zh": "类别 {category!r} 不是有效的类别名",
+    },
+    "reason_bad_index": {
+        "en": "index {index!r} is not a position from 1",
+        "zh": "index {index!r} 不是从 1 开始的位置",
+    },
+    # the data directory and its state files
+    "err_busy": {
+        "en": "data directory {path} is in use by another imgfetch",
+        "zh": "数据目录 {path} 正被另一个 imgfetch 使用",
+    },
+    "hint_busy": {
+        "en": "wait for it to finish, or use another --data-dir",
+        "zh": "请等它结束, 或换一个 --data-dir",
+    },
+    "err_lock_failed": {
+        "en": "cannot lock data directory {path}: {detail}",
+        "zh": "无法锁定数据目录 {path}: {detail}",
+    },
+    "hint_local_disk": {
+        "en": "check that it is writable and on a local disk",
+        "zh": "请确认它可写并且在本地磁盘上",
+    },
+    "err_data_dir_is_file": {
+        "en": "--data-dir {path!r} is a file, not a directory",
+        "zh": "--data-dir {path!r} 是文件, 不是目录",
+    },
+    "hint_pass_dir": {"en": "pass a directory path", "zh": "请给出一个目录的路径"},
+    "err_data_dir_create": {
+        "en": "cannot create data directory {path!r}: {detail}",
+        "zh": "无法创建数据目录 {path!r}: {detail}",
+    },
+    "hint_writable_data_dir": {
+        "en": "choose a writable --data-dir",
+        "zh": "请选择一个可写的 --data-dir",
+    },
+    "err_no_data_dir": {
+        "en": "data directory {path!r} does not exist",
+        "zh": "数据目录 {path!r} 不存在",
+    },
+    "hint_pass_data_dir": {
+        "en": "pass the --data-dir of your download",
+        "zh": "请给出下载时用的 --data-dir",
+    },
+    "err_write_state": {
+        "en": "cannot write state in {path}: {detail}",
+        "zh": "无法在 {path} 中写入状态文件: {detail}",
+    },
+    "hint_free_space": {
+        "en": (
+            "free disk space or fix permissions, then run again (nothing saved "
+            "before is lost)"
+        ),
+        "zh": "请释放磁盘空间或修正权限, 然后再次运行 (之前保存的内容不会丢失)",
+    },
+    "err_write_images": {
+        "en": "cannot write images in {path}: {detail}",
+        "zh": "无法在 {path} 中写入图片: {detail}",
+    },
+    "hint_free_space_resume": {
+        "en": "free disk space or fix permissions, then run again to resume",
+        "zh": "请释放磁盘空间或修正权限, 然后再次运行以继续",
+    },
+    "err_state_unreadable": {
+        "en": "cannot read {path}: {detail}",
+        "zh": "无法读取 {path}: {detail}",
+    },
+    "err_state_empty": {
+        "en": "{path} is empty (expected {shape})",
+        "zh": "{path} 是空的 (应为{shape})",
+    },
+    "err_state_top_level": {
+        "en": "{path}: the top level is {kind}, expected {shape}",
+        "zh": "{path}: 顶层是 {kind}, 应为{shape}",
+    },
+    "shape_products": {"en": "a JSON array of products", "zh": "商品的 JSON 数组"},
+    "shape_ids": {"en": "an object of product ids", "zh": "以商品ID为键的对象"},
+    "err_file_reason": {"en": "{path}: {reason}", "zh": "{path}: {reason}"},
+    "err_state_record": {
+        "en": "{path}: record {number} {reason}",
+        "zh": "{path}: 第 {number} 条记录: {reason}",
+    },
+    "err_mapping_entry": {
+        "en": (
+            '{path}: the entry of product {pid!r} is not {{"category": ["path", ...]}}'
+        ),
+        "zh": '{path}: 商品 {pid!r} 的条目不是 {{"category": ["path", ...]}} 的形式',
+    },
+    "err_failures_damaged": {
+        "en": "{path}: the failures of product {pid!r} are damaged ({reason})",
+        "zh": "{path}: 商品 {pid!r} 的失败记录已损坏 ({reason})",
+    },
+    "hint_damaged": {
+        "en": (
+            "imgfetch left it untouched; restore it from a backup, repair the JSON, "
+            "or move it out of the data directory to start that part over (saved "
+            "images stay)"
+        ),
+        "zh": (
+            "imgfetch 没有改动它; 请从备份恢复、修复其中的 JSON, "
+            "或把它移出数据目录以重新开始这部分 (已保存的图片会保留)"
+        ),
+    },
+    "hint_pending_fields": {
+        "en": (
+            "fix that record, or pass the same --field options as the run that saved it"
+        ),
+        "zh": "请修正该记录, 或使用与保存它的那次运行相同的 --field 选项",
+    },
+    "hint_pending_id_field": {
+        "en": (
+            "if the catalog's id field changed, pass the same --id-field as before; "
+            "otherwise {damaged}"
+        ),
+        "zh": "如果商品目录的ID字段变了, 请使用与之前相同的 --id-field; 否则 {damaged}",
+    },
 }
 
 
@@ -167,12 +517,40 @@ class Messages:
     def __init__(self, lang: Lang) -> None:
         self.lang: Lang = lang
 
-    def __call__(self, key: str, **values: object) -> str:
-        return _CATALOG[key][self.lang].format(**values)
+    def __call__(self, key: str, /, **values: object) -> str:
+        resolved = {
+            name: value.render(self) if isinstance(value, Text) else value
+            for name, value in values.items()
+        }
+        return _CATALOG[key][self.lang].format(**resolved)
 
     def category_count(self, category: str, n: int) -> str:
         key = f"col_{category}" if category in ("main", "sku", "qc") else "col_other"
         return self(key, n=n, category=category)
+
+
+class Text:
+    """A catalog entry and its values, not yet put into a language.
+
+    Errors carry these and are rendered where the language is known (the CLI
+    boundary). A value may itself be a Text: a reason inside an error message.
+    `str()` gives English, for logs.
+    """
+
+    __slots__ = ("key", "values")
+
+    def __init__(self, key: str, /, **values: object) -> None:
+        self.key = key
+        self.values = values
+
+    def render(self, msg: Messages) -> str:
+        return msg(self.key, **self.values)
+
+    def __str__(self) -> str:
+        return self.render(Messages("en"))
+
+    def __repr__(self) -> str:
+        return f"Text({self.key!r}, **{self.values!r})"
 
 
 def keys() -> frozenset[str]:

@@ -27,12 +27,9 @@ def inspect_pending(
     """Print the pending work of `data_dir`; reads only, takes no lock."""
     if first < 0:
         # pending[:-1] would silently list all ids but the last.
-        raise UsageError(f"--first {first} is negative", "give --first 0 or more")
+        raise UsageError("negative", hint="zero_or_more", option="--first", value=first)
     if not data_dir.is_dir():
-        raise StateError(
-            f"data directory {str(data_dir)!r} does not exist",
-            "pass the --data-dir of your download",
-        )
+        raise StateError("no_data_dir", hint="pass_data_dir", path=str(data_dir))
     store = open_store(backend, data_dir)
     store.open(product_key(catalog))
     summary = _summarize(store.pending(), catalog, store.pending_label, first)
@@ -64,9 +61,11 @@ def _summarize(
             product = parse_product(raw, catalog)
         except InvalidRecord as exc:
             raise StateError(
-                f"{label}: record {number} {exc}",
-                "pass the same --field options as the download that saved it, or "
-                "repair that record",
+                "state_record",
+                hint="pending_fields",
+                path=label,
+                number=number,
+                reason=exc.text,
             ) from None
         images.update(image.category for image in product.images)
     return {

@@ -90,14 +90,13 @@ def locked_data_dir(data_dir: Path) -> Iterator[None]:
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise DataDirBusyError(
-            f"data directory {data_dir} is in use by another imgfetch",
-            "wait for it to finish, or use another --data-dir",
-        ) from None
+        raise DataDirBusyError("busy", hint="busy", path=data_dir) from None
     except OSError as exc:
         raise StorageError(
-            f"cannot lock data directory {data_dir}: {exc.strerror or exc}",
-            "check that it is writable and on a local disk",
+            "lock_failed",
+            hint="local_disk",
+            path=data_dir,
+            detail=exc.strerror or exc,
         ) from None
     try:
         yield
@@ -107,16 +106,15 @@ def locked_data_dir(data_dir: Path) -> Iterator[None]:
 
 def _make_data_dir(data_dir: Path) -> None:
     if data_dir.exists() and not data_dir.is_dir():
-        raise UsageError(
-            f"--data-dir {str(data_dir)!r} is a file, not a directory",
-            "pass a directory path",
-        )
+        raise UsageError("data_dir_is_file", hint="pass_dir", path=str(data_dir))
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(
-            f"cannot create data directory {str(data_dir)!r}: {exc.strerror or exc}",
-            "choose a writable --data-dir",
+            "data_dir_create",
+            hint="writable_data_dir",
+            path=str(data_dir),
+            detail=exc.strerror or exc,
         ) from None
 
 
@@ -216,9 +214,11 @@ def _pending_products(options: RunOptions, store: StateStore) -> list[Product]:
             products.append(parse_product(raw, options.catalog))
         except InvalidRecord as exc:
             raise StateError(
-                f"{store.pending_label}: record {number} {exc}",
-                "fix that record, or pass the same --field options as the run "
-                "that saved it",
+                "state_record",
+                hint="pending_fields",
+                path=store.pending_label,
+                number=number,
+                reason=exc.text,
             ) from None
     return products
 
@@ -251,7 +251,7 @@ def _engine(
     tally = Tally()
     view = choose_view(options.progress, report.msg, tally, console, report.write)
     fetcher = Fetcher(options.fetch, threading.Event())
-    engine = Engine(
+    return Engine(
         data_dir=options.data_dir,
         store=store,
         fetcher=fetcher,
@@ -261,7 +261,6 @@ def _engine(
         signals=signals,
         say=report,
     )
-    return engine
 
 
 def _finish(
@@ -277,7 +276,7 @@ def _finish(
         report("saved_exit")
         report("rule")
         return 128 + result.signal
-    _summary(report, result)
+    _summary(report, result, store)
     report("mapping_saved_final", name=store.mapping_label, count=result.completed)
     if result.pending:
         report("pending_saved", count=result.pending)
@@ -289,7 +288,7 @@ def _finish(
     return ExitCode.FAILURES if result.failures else ExitCode.OK
 
 
-def _summary(report: Reporter, result: RunResult) -> None:
+def _summary(report: Reporter, result: RunResult, store: StateStore) -> None:
     tally = result.tally
     elapsed = tally.elapsed
     report(
@@ -302,7 +301,7 @@ def _summary(report: Reporter, result: RunResult) -> None:
         rate=f"{tally.images / max(elapsed, 1e-6):.1f}",
     )
     if result.failures:
-        report("failures_written", count=result.failures, path="failed_images.json")
+        report("failures_written", count=result.failures, path=store.failures_label)
 
 
 def _warn_dropped(catalog: Catalog, msg: Messages) -> None:
@@ -316,7 +315,7 @@ def _warn_dropped(catalog: Catalog, msg: Messages) -> None:
         )
     if catalog.invalid:
         log.warning(
-            msg("skipped_invalid", count=catalog.invalid, first=catalog.first_invalid)
+            msg("skipped_invalid", count=catalog.invalid, first=catalog.invalid_example)
         )
 
 

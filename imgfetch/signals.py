@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -18,21 +19,59 @@ WATCHED = tuple(
 )
 
 
+class Flag:
+    """A flag set from a signal handler and read from any thread, without a lock.
+
+    threading.Event.set() takes a lock, and Python runs a handler again when a
+    second signal lands inside the first one: a user pressing Ctrl+C twice in
+    quick succession made the nested handler wait on the lock its own outer call
+    held, forever (or, with more presses, recurse into RecursionError). Setting
+    a bool is one store, and reading it needs no lock under the GIL.
+    """
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None, poll: float = 0.05) -> bool:
+        """Like Event.wait, by polling (nothing may block the handler)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._set:
+            left = poll if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(poll, left))
+        return self._set
+
+
 class SignalWatcher:
-    """Records interrupts; never prints, logs or writes from the handler.
+    """Records interrupts; never prints, logs, writes or locks in the handler.
 
     Anything more than setting a flag inside a handler re-enters locks the
-    interrupted main thread may hold (rich's console, logging, file objects).
-    The engine polls `triggered` in short slices and reacts on the main thread.
+    interrupted main thread may hold (rich's console, logging, file objects,
+    even the handler's own when a second signal interrupts it). The engine
+    polls `triggered` in short slices and reacts on the main thread.
+
+    On exit the previous handlers come back, unless a signal was received: then
+    the process is on its way out with code 128 + signal, and further signals
+    stay recorded (and ignored) rather than break that exit.
     """
 
     def __init__(self) -> None:
-        self.triggered = threading.Event()
+        self.triggered = Flag()
         self.first_signal: int | None = None
         self.count = 0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        # Plain stores only: this may run nested inside itself (see Flag).
         if self.first_signal is None:
             self.first_signal = signum
         self.count += 1
@@ -52,6 +91,14 @@ class SignalWatcher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.triggered.is_set():
+            # The command is ending because of a signal, its state saved. Keep only
+            # recording until the process exits: a user still pressing Ctrl+C
+            # would otherwise raise KeyboardInterrupt wherever the way out happens
+            # to be (threading, logging's shutdown, the interpreter's exit),
+            # printing a traceback and dying by SIGINT instead of exiting 130.
+            self._previous.clear()
+            return
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()

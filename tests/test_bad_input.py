@@ -9,9 +9,11 @@ file of an existing data directory byte-for-byte unchanged.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
+import filelock
 import pytest
 from conftest import (
     assert_consistent,
@@ -25,6 +27,7 @@ from imgfetch.paths import LOCK_FILE
 from imgfetch.testserver import ImageServer
 
 BAD_INPUT = 2
+BUSY = 3
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
@@ -48,15 +51,18 @@ def assert_unchanged(root: Path, before: dict[str, bytes | None]) -> None:
 
 
 def assert_one_line_error(
-    result: subprocess.CompletedProcess[str], *fragments: str
+    result: subprocess.CompletedProcess[str],
+    *fragments: str,
+    prefix: str = "imgfetch: error: ",
+    code: int = BAD_INPUT,
 ) -> str:
-    """Exit code 2, stdout empty, stderr exactly one error line holding fragments."""
-    assert result.returncode == BAD_INPUT, (result.returncode, result.stderr)
+    """Exit code 2 (or `code`), stdout empty, stderr one error line with fragments."""
+    assert result.returncode == code, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     line = lines[0]
-    assert line.startswith("imgfetch: error: "), line
+    assert line.startswith(prefix), line
     for fragment in fragments:
         assert fragment in line, (fragment, line)
     assert result.stdout == "", result.stdout
@@ -167,6 +173,106 @@ def test_error_line_language(
     assert len(lines) == 1 and lines[0].startswith(prefix), result.stderr
     assert str(source) in lines[0]
     assert not data.exists()
+
+
+# Errors in the user's language: (case, arguments after `download SOURCE -d DATA`,
+# the catalog or None for a missing file, values named in either language, our
+# words in Chinese, the same in English).
+BROKEN_JSON = f"[\n{GOOD}\n{GOOD}\n]"
+LANGUAGE_CASES: list[
+    tuple[str, list[str], str | None, list[str], list[str], list[str]]
+] = [
+    (
+        "missing input file",
+        [],
+        None,
+        ["missing.json"],
+        ["找不到输入文件", "请给出商品目录文件的路径"],
+        ["input file", "not found", "pass the path of your catalog"],
+    ),
+    (
+        "broken JSON",
+        [],
+        BROKEN_JSON,
+        ["c.json", "Expecting ','"],  # json's own reason stays as Python wrote it
+        ["第 3 行第 1 列", "JSON 格式错误", "请修正该文件"],
+        ["line 3, column 1", "invalid JSON", "fix the file"],
+    ),
+    (
+        "unknown backend",
+        ["--backend", "jsn"],
+        BROKEN_JSON,  # the option is checked before the catalog is read
+        ["'jsn'", "'json'"],
+        ["未知的存储后端", "是不是想用"],
+        ["unknown backend", "did you mean"],
+    ),
+    (
+        "not a whole number",
+        ["--workers", "many"],
+        BROKEN_JSON,
+        ["'--workers'", "'many'"],  # inside click's own words, which stay English
+        ["不是整数", "参见 imgfetch --help"],
+        ["is not a whole number", "see imgfetch --help"],
+    ),
+]
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@pytest.mark.parametrize(
+    ("args", "content", "values", "chinese", "english"),
+    [case[1:] for case in LANGUAGE_CASES],
+    ids=[case[0] for case in LANGUAGE_CASES],
+)
+def test_error_in_the_users_language(
+    tmp_path: Path,
+    args: list[str],
+    content: str | None,
+    values: list[str],
+    chinese: list[str],
+    english: list[str],
+) -> None:
+    source = tmp_path / ("c.json" if content is not None else "missing.json")
+    if content is not None:
+        source.write_text(content)
+    data = tmp_path / "data"
+    command = ["download", str(source), "-d", str(data), *args]
+    # a Chinese locale: our words in Chinese, none of the English ones
+    result = run_imgfetch(command, lang="zh_CN.UTF-8")
+    line = assert_one_line_error(result, *values, *chinese, prefix="imgfetch: 错误: ")
+    assert not [word for word in english if word in line], line
+    # --lang en in the same locale: English, no Chinese at all
+    result = run_imgfetch([*command, "--lang", "en"], lang="zh_CN.UTF-8")
+    line = assert_one_line_error(result, *values, *english)
+    assert not CJK.search(line), line
+    assert not data.exists()
+
+
+@pytest.mark.parametrize(
+    ("lang", "args", "prefix", "fragments"),
+    [
+        (
+            "zh_CN.UTF-8",
+            [],
+            "imgfetch: 错误: ",
+            ["正被另一个 imgfetch 使用", "请等它结束"],
+        ),
+        ("zh_CN.UTF-8", ["--lang", "en"], "imgfetch: error: ", ["in use by another"]),
+    ],
+)
+def test_busy_data_dir_in_the_users_language(
+    tmp_path: Path, lang: str, args: list[str], prefix: str, fragments: list[str]
+) -> None:
+    source = tmp_path / "c.json"
+    source.write_text('[{"id": "a"}]')
+    data = tmp_path / "data"
+    data.mkdir()
+    # Another imgfetch holds the lock: the same lock file, held by this process.
+    with filelock.FileLock(str(data / LOCK_FILE)):
+        result = run_imgfetch(
+            ["download", str(source), "-d", str(data), *args], lang=lang
+        )
+    assert_one_line_error(result, str(data), *fragments, prefix=prefix, code=BUSY)
+    assert not (data / "image_mapping.json").exists()
 
 
 def test_default_input_missing(tmp_path: Path) -> None:

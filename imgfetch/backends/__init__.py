@@ -25,9 +25,12 @@ def check_backend(name: str) -> str:
     if name in _REGISTRY:
         return name
     close = difflib.get_close_matches(name, _REGISTRY, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
     raise UsageError(
-        f"unknown backend {name!r}", f"{hint}choose one of: {', '.join(_REGISTRY)}"
+        "unknown_backend",
+        hint="backend_suggest" if close else "backend_choose",
+        name=name,
+        close=close[0] if close else None,
+        names=", ".join(_REGISTRY),
     )
 
 

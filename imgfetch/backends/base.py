@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..catalog import InvalidRecord
+
 # Finds the product id of an input record; raises ValueError when it has none.
 ProductKey = Callable[[dict[str, Any]], str]
 
@@ -32,7 +34,7 @@ class Failure:
     def from_json(cls, data: Any) -> Failure:
         """Parse one stored failure; raises ValueError when the shape is wrong."""
         if not isinstance(data, dict):
-            raise ValueError("a failure is not an object")
+            raise InvalidRecord("failure_not_object")
         try:
             failure = cls(
                 category=data["category"],
@@ -42,9 +44,9 @@ class Failure:
                 attempts=data.get("attempts", 1),
             )
         except KeyError as exc:
-            raise ValueError(f"a failure has no {exc.args[0]!r}") from None
+            raise InvalidRecord("failure_missing", key=exc.args[0]) from None
         if not isinstance(failure.url, str) or not isinstance(failure.index, int):
-            raise ValueError("a failure's url or index has the wrong type")
+            raise InvalidRecord("failure_types")
         return failure
 
 
@@ -131,6 +133,11 @@ class StateStore(ABC):
     @property
     def pending_label(self) -> str:
         """Where pending work is kept, as the messages name it."""
+        return str(self.data_dir)
+
+    @property
+    def failures_label(self) -> str:
+        """Where failed images are listed, as the messages name it."""
         return str(self.data_dir)
 
     def pending_modified(self) -> float | None:

@@ -8,16 +8,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..catalog import is_category_name
+from ..catalog import InvalidRecord, is_category_name, reason_of, undecodable
 from ..errors import StateError, StorageError
 from ..fsutil import atomic_write_bytes
+from ..messages import Text
 from ..paths import FAILED_FILE, MAPPING_FILE, PENDING_FILE
 from .base import Entry, Failure, ProductKey, StateStore
-
-_DAMAGED_HINT = (
-    "imgfetch left it untouched; restore it from a backup, repair the JSON, or move "
-    "it out of the data directory to start that part over (saved images stay)"
-)
 
 
 class JsonStore(StateStore):
@@ -50,7 +46,7 @@ class JsonStore(StateStore):
         self._mapping = _load_mapping(self.mapping_path)
         self._failures = _load_failures(self.failed_path)
         self._failures_on_disk = self.failed_path.exists()
-        raw_pending = _load_json(self.pending_path, list, "a JSON array of products")
+        raw_pending = _load_json(self.pending_path, list, Text("shape_products"))
         self._pending_on_disk = raw_pending is not None
         self._pending = _index_pending(
             self.pending_path, raw_pending or [], product_key
@@ -71,6 +67,10 @@ class JsonStore(StateStore):
     @property
     def pending_label(self) -> str:
         return str(self.pending_path)
+
+    @property
+    def failures_label(self) -> str:
+        return str(self.failed_path)
 
     def pending_modified(self) -> float | None:
         try:
@@ -143,9 +143,10 @@ class JsonStore(StateStore):
             except OSError as exc:
                 self._dirty = True
                 raise StorageError(
-                    f"cannot write state in {self.data_dir}: {exc.strerror or exc}",
-                    "free disk space or fix permissions, then run again (nothing "
-                    "saved before is lost)",
+                    "write_state",
+                    hint="free_space",
+                    path=self.data_dir,
+                    detail=exc.strerror or exc,
                 ) from exc
 
     def _write(
@@ -170,38 +171,45 @@ def _dump(value: Any) -> bytes:
     return (json.dumps(value, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
 
 
-def _load_json(path: Path, kind: type, described: str) -> Any:
+def _load_json(path: Path, kind: type, shape: Text) -> Any:
     """Parse a state file, or None when it does not exist; StateError when damaged."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StateError(f"cannot read {path}: {exc.strerror}") from None
+        raise StateError("state_unreadable", path=path, detail=exc.strerror) from None
     if not data.strip():
-        raise StateError(f"{path} is empty (expected {described})", _DAMAGED_HINT)
+        raise StateError("state_empty", hint="damaged", path=path, shape=shape)
     try:
         # utf-8-sig: a file repaired in an editor that adds a BOM is still fine.
         value = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise StateError(
-            f"{path}: byte {exc.start} is not UTF-8", _DAMAGED_HINT
+            "not_utf8", hint="damaged", path=path, offset=exc.start
         ) from None
     except json.JSONDecodeError as exc:
         raise StateError(
-            f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})",
-            _DAMAGED_HINT,
+            "invalid_json",
+            hint="damaged",
+            path=path,
+            line=exc.lineno,
+            column=exc.colno,
+            detail=exc.msg,
         ) from None
-    except RecursionError:
-        raise StateError(f"{path}: JSON nested too deeply", _DAMAGED_HINT) from None
-    except ValueError:  # an integer beyond Python's int-from-text digit limit
+    # RecursionError: nested too deeply; ValueError: an integer beyond Python's
+    # int-from-text digit limit.
+    except (RecursionError, ValueError) as exc:
         raise StateError(
-            f"{path}: a number has too many digits", _DAMAGED_HINT
+            "file_reason", hint="damaged", path=path, reason=undecodable(exc)
         ) from None
     if not isinstance(value, kind):
         raise StateError(
-            f"{path}: the top level is {type(value).__name__}, expected {described}",
-            _DAMAGED_HINT,
+            "state_top_level",
+            hint="damaged",
+            path=path,
+            kind=type(value).__name__,
+            shape=shape,
         )
     return value
 
@@ -213,20 +221,23 @@ def _index_pending(
     for number, raw in enumerate(records, start=1):
         try:
             if not isinstance(raw, dict):
-                raise ValueError(f"is {type(raw).__name__}, not an object")
+                raise InvalidRecord("not_object", kind=type(raw).__name__)
             pid = product_key(raw)
         except ValueError as exc:
             raise StateError(
-                f"{path}: record {number} {exc}",
-                "if the catalog's id field changed, pass the same --id-field as "
-                "before; otherwise " + _DAMAGED_HINT,
+                "state_record",
+                hint="pending_id_field",
+                path=path,
+                number=number,
+                reason=reason_of(exc),
+                damaged=Text("hint_damaged"),
             ) from None
         pending.setdefault(pid, raw)
     return pending
 
 
 def _load_mapping(path: Path) -> dict[str, Entry]:
-    mapping = _load_json(path, dict, "an object of product ids")
+    mapping = _load_json(path, dict, Text("shape_ids"))
     if mapping is None:
         return {}
     for pid, entry in mapping.items():
@@ -234,28 +245,27 @@ def _load_mapping(path: Path) -> dict[str, Entry]:
             isinstance(paths, list) and all(isinstance(p, str) for p in paths)
             for paths in entry.values()
         ):
-            raise StateError(
-                f"{path}: the entry of product {pid!r} is not "
-                '{"category": ["path", ...]}',
-                _DAMAGED_HINT,
-            )
+            raise StateError("mapping_entry", hint="damaged", path=path, pid=pid)
     return mapping
 
 
 def _load_failures(path: Path) -> dict[str, list[Failure]]:
-    raw = _load_json(path, dict, "an object of product ids")
+    raw = _load_json(path, dict, Text("shape_ids"))
     if raw is None:
         return {}
     failures: dict[str, list[Failure]] = {}
     for pid, items in raw.items():
         try:
             if not isinstance(items, list):
-                raise ValueError("not a list")
+                raise InvalidRecord("not_list")
             failures[pid] = [_checked(Failure.from_json(item)) for item in items]
         except ValueError as exc:
             raise StateError(
-                f"{path}: the failures of product {pid!r} are damaged ({exc})",
-                _DAMAGED_HINT,
+                "failures_damaged",
+                hint="damaged",
+                path=path,
+                pid=pid,
+                reason=reason_of(exc),
             ) from None
     return failures
 
@@ -268,7 +278,7 @@ def _checked(failure: Failure) -> Failure:
     "../../x" must never get that far.
     """
     if not is_category_name(failure.category):
-        raise ValueError(f"category {failure.category!r} is not a category name")
+        raise InvalidRecord("bad_category", category=failure.category)
     if isinstance(failure.index, bool) or failure.index < 1:
-        raise ValueError(f"index {failure.index!r} is not a position from 1")
+        raise InvalidRecord("bad_index", index=failure.index)
     return failure
