@@ -17,12 +17,14 @@ from . import __version__
 from .backends import DEFAULT_BACKEND, backend_names, check_backend
 from .catalog import CatalogOptions, parse_field_overrides
 from .console import setup_logging
-from .engine import WORKER_THREAD_PREFIX, EngineConfig
+from .engine import EngineConfig
 from .errors import EXIT_CODE_TABLE, ExitCode, ImgfetchError, UsageError
 from .fetch import DEFAULT_USER_AGENT, FetchConfig
 from .messages import Lang, Messages, Text, detect_lang
 from .progress import line_writer
 from .runner import Reporter, RunOptions, run_download
+
+THREAD_PREFIX = "imgfetch-"  # every thread imgfetch starts is named so
 
 EXIT_CODES_HELP = "Exit codes:\n\n" + "\n\n".join(
     f"{int(code):>3}  {text}" for code, text in EXIT_CODE_TABLE
@@ -467,13 +469,14 @@ def _error(message: str, verbose: bool, msg: Messages) -> None:
 def entry() -> None:
     """Console-script entry point."""
     code = main()
-    # A worker stuck in a socket read cannot be stopped; its state is already
-    # saved, so end the process without waiting on it (daemon threads can also
-    # crash interpreter shutdown while they hold stdio locks).
+    # A worker stuck in a socket read (or the catalog reader stuck on a FIFO)
+    # cannot be stopped; the state is already saved, so end the process without
+    # waiting on it (daemon threads can also crash interpreter shutdown while
+    # they hold stdio locks).
     stuck = [
         t
         for t in threading.enumerate()
-        if t.name.startswith(WORKER_THREAD_PREFIX) and t.is_alive()
+        if t.daemon and t.name.startswith(THREAD_PREFIX) and t.is_alive()
     ]
     if stuck:
         for stream in (sys.stdout, sys.stderr):

@@ -136,14 +136,43 @@ def run_download(
     with SignalWatcher() as signals:
         catalog = None
         if input_path is not None and not retry_failed:
-            catalog = read_catalog(
-                input_path, options.catalog, skip_invalid=skip_invalid
+            catalog = _read_catalog_interruptibly(
+                input_path, options.catalog, skip_invalid, signals
             )
+            if catalog is None:
+                return signals.exit_code
             _warn_dropped(catalog, report.msg)
         if signals.triggered.is_set():
             # Interrupted while reading the catalog: nothing was written yet.
             return signals.exit_code
         return _run_locked(options, report, catalog, signals, retry_failed)
+
+
+def _read_catalog_interruptibly(
+    path: Path, options: CatalogOptions, skip_invalid: bool, signals: SignalWatcher
+) -> Catalog | None:
+    """read_catalog on a helper thread, so that a signal is acted on even while a
+    read blocks (a FIFO, a hung network mount); None when a signal came first
+    (nothing has been written yet, so the caller can exit at once)."""
+    outcome: list[Any] = []
+
+    def read() -> None:
+        try:
+            outcome.append(read_catalog(path, options, skip_invalid=skip_invalid))
+        except BaseException as exc:  # handed to the main thread below
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, name="imgfetch-catalog", daemon=True)
+    reader.start()
+    while reader.is_alive():
+        if signals.triggered.is_set():
+            return None
+        reader.join(0.05)
+    if signals.triggered.is_set():
+        return None  # a signal wins over the error of a catalog cut short by it
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def _run_locked(
@@ -202,8 +231,9 @@ def _plan(
                 queued.add(product.id)
     # Recorded as pending before any download starts, so `resume` finds the whole
     # of the work even after a kill -9 in the first second.
-    store.add_pending((p.id, p.raw) for p in fresh)
-    store.flush()
+    if fresh:
+        store.add_pending((p.id, p.raw) for p in fresh)
+        store.flush()
     return work + fresh, done_before, had_pending
 
 
