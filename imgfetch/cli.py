@@ -19,11 +19,13 @@ from .catalog import CatalogOptions, parse_field_overrides
 from .console import setup_logging
 from .engine import EngineConfig
 from .errors import EXIT_CODE_TABLE, ExitCode, ImgfetchError, UsageError
-from .fetch import DEFAULT_USER_AGENT, FetchConfig
+from .fetch import FetchConfig
 from .messages import Lang, Messages, Text, detect_lang
 from .progress import line_writer
 from .runner import Reporter, RunOptions, run_download
 
+ENGINE_DEFAULTS = EngineConfig()
+FETCH_DEFAULTS = FetchConfig()
 THREAD_PREFIX = "imgfetch-"  # every thread imgfetch starts is named so
 
 EXIT_CODES_HELP = "Exit codes:\n\n" + "\n\n".join(
@@ -259,10 +261,10 @@ def download(
     ] = None,
     data_dir: DataDir = Path("data_clean"),
     backend: Backend = DEFAULT_BACKEND,
-    workers: Workers = 8,
-    save_every: SaveEvery = 100,
-    save_interval: SaveInterval = 5.0,
-    grace_period: Grace = 2.0,
+    workers: Workers = ENGINE_DEFAULTS.workers,
+    save_every: SaveEvery = ENGINE_DEFAULTS.save_every,
+    save_interval: SaveInterval = ENGINE_DEFAULTS.save_interval,
+    grace_period: Grace = ENGINE_DEFAULTS.grace_period,
     progress: Progress = ProgressMode.auto,
     lang: LangOpt = LangChoice.auto,
     id_field: IdField = None,
@@ -274,12 +276,12 @@ def download(
     retry_failed: Annotated[
         bool, typer.Option(help="Only download again the images in failed_images.json.")
     ] = False,
-    connect_timeout: ConnectTimeout = 10.0,
-    read_timeout: ReadTimeout = 30.0,
-    deadline: Deadline = 180.0,
-    retries: Retries = 3,
-    max_bytes: MaxBytes = 50 * 1024 * 1024,
-    user_agent: UserAgent = DEFAULT_USER_AGENT,
+    connect_timeout: ConnectTimeout = FETCH_DEFAULTS.connect_timeout,
+    read_timeout: ReadTimeout = FETCH_DEFAULTS.read_timeout,
+    deadline: Deadline = FETCH_DEFAULTS.deadline,
+    retries: Retries = FETCH_DEFAULTS.retries,
+    max_bytes: MaxBytes = FETCH_DEFAULTS.max_bytes,
+    user_agent: UserAgent = FETCH_DEFAULTS.user_agent,
     verbose: Verbose = False,
 ) -> None:
     """Download the catalog's images; pending work of an interrupted run goes first."""
@@ -301,21 +303,21 @@ def download(
 def resume(
     data_dir: DataDir = Path("data_clean"),
     backend: Backend = DEFAULT_BACKEND,
-    workers: Workers = 8,
-    save_every: SaveEvery = 100,
-    save_interval: SaveInterval = 5.0,
-    grace_period: Grace = 2.0,
+    workers: Workers = ENGINE_DEFAULTS.workers,
+    save_every: SaveEvery = ENGINE_DEFAULTS.save_every,
+    save_interval: SaveInterval = ENGINE_DEFAULTS.save_interval,
+    grace_period: Grace = ENGINE_DEFAULTS.grace_period,
     progress: Progress = ProgressMode.auto,
     lang: LangOpt = LangChoice.auto,
     id_field: IdField = None,
     field: Fields = None,
     default_scheme: Scheme = "https",
-    connect_timeout: ConnectTimeout = 10.0,
-    read_timeout: ReadTimeout = 30.0,
-    deadline: Deadline = 180.0,
-    retries: Retries = 3,
-    max_bytes: MaxBytes = 50 * 1024 * 1024,
-    user_agent: UserAgent = DEFAULT_USER_AGENT,
+    connect_timeout: ConnectTimeout = FETCH_DEFAULTS.connect_timeout,
+    read_timeout: ReadTimeout = FETCH_DEFAULTS.read_timeout,
+    deadline: Deadline = FETCH_DEFAULTS.deadline,
+    retries: Retries = FETCH_DEFAULTS.retries,
+    max_bytes: MaxBytes = FETCH_DEFAULTS.max_bytes,
+    user_agent: UserAgent = FETCH_DEFAULTS.user_agent,
     verbose: Verbose = False,
 ) -> None:
     """Finish only the pending tasks of an interrupted run; no catalog needed."""
@@ -366,9 +368,15 @@ def demo(
         typer.Option(parser=_number, help="Share of first attempts that fail (0..1)."),
     ] = 0.0,
     port: Annotated[
-        int, typer.Option(parser=_whole_number, help="Port of the demo server.")
-    ] = 8765,
-    workers: Workers = 8,
+        int | None,
+        typer.Option(
+            parser=_whole_number,
+            help="Port of the demo server (default: the demo's earlier port, else "
+            "8765, else any free one).",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Workers = ENGINE_DEFAULTS.workers,
     progress: Progress = ProgressMode.auto,
     lang: LangOpt = LangChoice.auto,
     verbose: Verbose = False,

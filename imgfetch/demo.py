@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .backends import DEFAULT_BACKEND
@@ -16,6 +17,30 @@ from .runner import Reporter, RunOptions, run_download
 from .testserver import ImageServer, demo_catalog
 
 DEMO_SEED = 7
+DEFAULT_PORT = 8765
+
+
+def _start(server: ImageServer, port: int | None, catalog_path: Path) -> None:
+    chosen = port if port is not None else _catalog_port(catalog_path)
+    try:
+        server.start(port=chosen if chosen is not None else DEFAULT_PORT)
+        return
+    except OSError as exc:
+        if chosen is not None:
+            raise UsageError(
+                "demo_port", hint="demo_port", port=chosen, detail=exc.strerror or exc
+            ) from None
+    server.start(port=0)  # a fresh demo can live on any port
+
+
+def _catalog_port(catalog_path: Path) -> int | None:
+    """The port an earlier demo's catalog points at: pending URLs need it again."""
+    try:
+        text = catalog_path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(r"//127\.0\.0\.1:(\d+)/", text)
+    return int(match.group(1)) if match else None
 
 
 def run_demo(
@@ -24,19 +49,18 @@ def run_demo(
     products: int,
     delay: float,
     faults: float,
-    port: int,
+    port: int | None,
     workers: int,
     progress: str,
     msg: Messages,
 ) -> int:
-    """Serve the demo catalog and download it; a rerun resumes where it stopped."""
+    """Serve the demo catalog and download it; a rerun resumes where it stopped.
+
+    `port` None: the port of an existing demo catalog (its URLs name it), else
+    DEFAULT_PORT, else any free port.
+    """
     server = ImageServer(delay=delay, fault_rate=faults, seed=DEMO_SEED)
-    try:
-        server.start(port=port)
-    except OSError as exc:
-        raise UsageError(
-            "demo_port", hint="demo_port", port=port, detail=exc.strerror or exc
-        ) from None
+    _start(server, port, folder / "catalog.json")
     try:
         return _download(folder, server, products, workers, progress, msg)
     finally:
