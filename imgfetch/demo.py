@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
+from typing import Any
 
 from .backends import DEFAULT_BACKEND
 from .catalog import CatalogOptions
@@ -14,7 +16,7 @@ from .fetch import FetchConfig
 from .messages import Messages
 from .progress import line_writer
 from .runner import Reporter, RunOptions, run_download
-from .testserver import ImageServer, demo_catalog
+from .testserver import ImageServer
 
 DEMO_SEED = 7
 DEFAULT_PORT = 8765
@@ -97,3 +99,72 @@ def _download(
         progress=progress,
     )
     return run_download(options, report, catalog_path)
+
+
+_ADJECTIVES = (
+    "Vintage",
+    "Wireless",
+    "Oversized",
+    "Minimalist",
+    "Waterproof",
+    "Retro",
+    "Slim",
+    "Handmade",
+    "Foldable",
+    "Classic",
+)
+_PRODUCTS = (
+    "Leather Tote Bag",
+    "Bluetooth Earbuds",
+    "Cotton Hoodie",
+    "Desk Lamp",
+    "Running Shoes",
+    "Ceramic Mug",
+    "Phone Case",
+    "Canvas Backpack",
+    "Wrist Watch",
+    "Sunglasses",
+)
+_DEMO_FORMATS = ("jpeg", "png", "webp", "gif")
+_DEMO_WEIGHTS = (70, 10, 10, 10)
+
+
+def demo_catalog(
+    server: ImageServer, products: int = 60, seed: int = 7
+) -> list[dict[str, Any]]:
+    """A deterministic scraped-shop catalog whose images all live on `server`.
+
+    Mixes the shapes real scrapes have: integer ids, {"url": ...} sku objects, a
+    lone qc URL string instead of a list, and protocol-relative URLs.
+    """
+    rng = random.Random(seed)
+    ids: list[str] = []
+    while len(ids) < products:
+        candidate = str(rng.randrange(10**11, 10**12))
+        if candidate not in ids:
+            ids.append(candidate)
+    return [_demo_product(server, rng, pid) for pid in ids]
+
+
+def _demo_image(server: ImageServer, rng: random.Random, name: str) -> str:
+    fmt = rng.choices(_DEMO_FORMATS, weights=_DEMO_WEIGHTS)[0]
+    url = server.url(name, fmt, rng.randint(2 * 1024, 40 * 1024))
+    return url.removeprefix("http:") if rng.random() < 0.15 else url
+
+
+def _demo_product(server: ImageServer, rng: random.Random, pid: str) -> dict[str, Any]:
+    def images(role: str, low: int, high: int) -> list[str]:
+        count = rng.randint(low, high)
+        return [_demo_image(server, rng, f"{pid}-{role}-{k}") for k in range(count)]
+
+    title = f"{rng.choice(_ADJECTIVES)} {rng.choice(_PRODUCTS)}"
+    main, sku, qc = images("main", 1, 4), images("sku", 0, 4), images("qc", 0, 3)
+    sku_field: list[Any] = [{"url": u} for u in sku] if rng.random() < 0.3 else sku
+    qc_field: Any = qc[0] if len(qc) == 1 and rng.random() < 0.5 else qc
+    return {
+        "id": int(pid) if rng.random() < 0.1 else pid,
+        "title": title,
+        "main_images": main,
+        "sku_images": sku_field,
+        "qc_images": qc_field,
+    }

@@ -4,156 +4,21 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import random
 import socket
 import socketserver
 import struct
 import sys
 import threading
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-IMAGE_FORMATS: tuple[str, ...] = (
-    "jpeg",
-    "png",
-    "gif",
-    "webp",
-    "avif",
-    "bmp",
-    "heic",
-    "tiff",
-)
+from .testimages import IMAGE_FORMATS, image_bytes
 
 HOST = "127.0.0.1"
 MAX_SIZE = 64 * 1024 * 1024
 STALL_SECONDS = 600.0
-
-# ---------------------------------------------------------------- image bodies
-
-_JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
-_JPEG_TAIL = b"\xff\xd9"
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_SIDE = 64
-# Private, ancillary, safe-to-copy chunk type: decoders skip it, so it can pad a
-# real PNG to the requested size without affecting the picture.
-_PNG_PAD_TYPE = b"ifPd"
-_CHUNK_OVERHEAD = 12
-
-
-def _noise(name: str, length: int) -> bytes:
-    """`length` bytes of the sha256 chain seeded by `name`."""
-    block = hashlib.sha256(name.encode()).digest()
-    out = bytearray()
-    while len(out) < length:
-        out += block
-        block = hashlib.sha256(block).digest()
-    return bytes(out[:length])
-
-
-def _le32(value: int) -> bytes:
-    return struct.pack("<I", value)
-
-
-def _be32(value: int) -> bytes:
-    return struct.pack(">I", value)
-
-
-def _fill(head: bytes, tail: bytes, name: str, total: int) -> bytes:
-    return head + _noise(name, total - len(head) - len(tail)) + tail
-
-
-def _jpeg(name: str, size: int) -> bytes:
-    total = max(size, len(_JPEG_HEAD) + len(_JPEG_TAIL))
-    return _fill(_JPEG_HEAD, _JPEG_TAIL, name, total)
-
-
-def _gif(name: str, size: int) -> bytes:
-    # Logical screen descriptor without a global colour table, then the trailer.
-    head = b"GIF89a" + struct.pack("<HHBBB", _PNG_SIDE, _PNG_SIDE, 0, 0, 0)
-    return _fill(head, b";", name, max(size, len(head) + 1))
-
-
-def _webp(name: str, size: int) -> bytes:
-    total = max(size, 20)
-    head = b"RIFF" + _le32(total - 8) + b"WEBP" + b"VP8 " + _le32(total - 20)
-    return _fill(head, b"", name, total)
-
-
-def _isobmff(
-    brand: bytes, compatible: tuple[bytes, ...]
-) -> Callable[[str, int], bytes]:
-    ftyp_body = brand + _be32(0) + b"".join(compatible)
-    ftyp = _be32(8 + len(ftyp_body)) + b"ftyp" + ftyp_body
-
-    def build(name: str, size: int) -> bytes:
-        total = max(size, len(ftyp) + 8)
-        head = ftyp + _be32(total - len(ftyp)) + b"mdat"
-        return _fill(head, b"", name, total)
-
-    return build
-
-
-def _bmp(name: str, size: int) -> bytes:
-    total = max(size, 14)
-    head = b"BM" + _le32(total) + b"\x00\x00\x00\x00" + _le32(14)
-    return _fill(head, b"", name, total)
-
-
-def _tiff(name: str, size: int) -> bytes:
-    head = b"II*\x00" + _le32(8)
-    return _fill(head, b"", name, max(size, len(head)))
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return _be32(len(data)) + kind + data + _be32(crc)
-
-
-def _png(name: str, size: int) -> bytes:
-    red, green, blue = hashlib.sha256(name.encode()).digest()[:3]
-    row = b"\x00" + bytes((red, green, blue)) * _PNG_SIDE
-    header = struct.pack(">IIBBBBB", _PNG_SIDE, _PNG_SIDE, 8, 2, 0, 0, 0)
-    picture = _png_chunk(b"IHDR", header) + _png_chunk(
-        b"IDAT", zlib.compress(row * _PNG_SIDE, 9)
-    )
-    end = _png_chunk(b"IEND", b"")
-    spare = size - len(_PNG_SIGNATURE) - len(picture) - len(end) - _CHUNK_OVERHEAD
-    pad = _png_chunk(_PNG_PAD_TYPE, _noise(name, spare)) if spare >= 0 else b""
-    return _PNG_SIGNATURE + picture + pad + end
-
-
-_BUILDERS: dict[str, Callable[[str, int], bytes]] = {
-    "jpeg": _jpeg,
-    "png": _png,
-    "gif": _gif,
-    "webp": _webp,
-    "avif": _isobmff(b"avif", (b"avif", b"mif1", b"miaf")),
-    "bmp": _bmp,
-    "heic": _isobmff(b"heic", (b"mif1", b"heic")),
-    "tiff": _tiff,
-}
-
-
-def image_bytes(name: str, fmt: str = "jpeg", size: int = 2048) -> bytes:
-    """Deterministic image body for (name, fmt, size).
-
-    The body starts with the real signature of `fmt` and is exactly
-    max(size, minimal header length) bytes long; the payload after the headers is
-    the sha256 chain of `name`. PNG is a real decodable 64x64 picture in a colour
-    derived from `name`, padded to `size` with a private ancillary chunk; its size
-    is approximate only when `size` is less than 12 bytes above the bare picture
-    (then the bare picture is returned).
-    """
-    try:
-        build = _BUILDERS[fmt]
-    except KeyError:
-        raise ValueError(f"unknown image format {fmt!r}") from None
-    return build(name, size)
-
 
 _HTML_PAGE = (
     b'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Security check'
@@ -228,7 +93,7 @@ def _seconds(text: str) -> float:
 
 def _fmt_for(params: dict[str, str], ext: str) -> str:
     fmt = params.get("fmt") or {"jpg": "jpeg", "tif": "tiff"}.get(ext, ext)
-    if fmt not in _BUILDERS:
+    if fmt not in IMAGE_FORMATS:
         raise ValueError(f"unknown image format {fmt!r}")
     return fmt
 
@@ -568,7 +433,7 @@ class ImageServer:
 
     def url(self, name: str, fmt: str = "jpeg", size: int = 2048, **params: Any) -> str:
         """URL of image `name`; extra keyword params become query parameters."""
-        if fmt not in _BUILDERS:
+        if fmt not in IMAGE_FORMATS:
             raise ValueError(f"unknown image format {fmt!r}")
         ext = "jpg" if fmt == "jpeg" else fmt
         query = {"fmt": fmt, "size": str(size)}
@@ -631,71 +496,3 @@ def _param_text(value: Any) -> str:
 
 
 # ------------------------------------------------------------------- catalog
-
-_ADJECTIVES = (
-    "Vintage",
-    "Wireless",
-    "Oversized",
-    "Minimalist",
-    "Waterproof",
-    "Retro",
-    "Slim",
-    "Handmade",
-    "Foldable",
-    "Classic",
-)
-_PRODUCTS = (
-    "Leather Tote Bag",
-    "Bluetooth Earbuds",
-    "Cotton Hoodie",
-    "Desk Lamp",
-    "Running Shoes",
-    "Ceramic Mug",
-    "Phone Case",
-    "Canvas Backpack",
-    "Wrist Watch",
-    "Sunglasses",
-)
-_DEMO_FORMATS = ("jpeg", "png", "webp", "gif")
-_DEMO_WEIGHTS = (70, 10, 10, 10)
-
-
-def demo_catalog(
-    server: ImageServer, products: int = 60, seed: int = 7
-) -> list[dict[str, Any]]:
-    """A deterministic scraped-shop catalog whose images all live on `server`.
-
-    Mixes the shapes real scrapes have: integer ids, {"url": ...} sku objects, a
-    lone qc URL string instead of a list, and protocol-relative URLs.
-    """
-    rng = random.Random(seed)
-    ids: list[str] = []
-    while len(ids) < products:
-        candidate = str(rng.randrange(10**11, 10**12))
-        if candidate not in ids:
-            ids.append(candidate)
-    return [_demo_product(server, rng, pid) for pid in ids]
-
-
-def _demo_image(server: ImageServer, rng: random.Random, name: str) -> str:
-    fmt = rng.choices(_DEMO_FORMATS, weights=_DEMO_WEIGHTS)[0]
-    url = server.url(name, fmt, rng.randint(2 * 1024, 40 * 1024))
-    return url.removeprefix("http:") if rng.random() < 0.15 else url
-
-
-def _demo_product(server: ImageServer, rng: random.Random, pid: str) -> dict[str, Any]:
-    def images(role: str, low: int, high: int) -> list[str]:
-        count = rng.randint(low, high)
-        return [_demo_image(server, rng, f"{pid}-{role}-{k}") for k in range(count)]
-
-    title = f"{rng.choice(_ADJECTIVES)} {rng.choice(_PRODUCTS)}"
-    main, sku, qc = images("main", 1, 4), images("sku", 0, 4), images("qc", 0, 3)
-    sku_field: list[Any] = [{"url": u} for u in sku] if rng.random() < 0.3 else sku
-    qc_field: Any = qc[0] if len(qc) == 1 and rng.random() < 0.5 else qc
-    return {
-        "id": int(pid) if rng.random() < 0.1 else pid,
-        "title": title,
-        "main_images": main,
-        "sku_images": sku_field,
-        "qc_images": qc_field,
-    }

@@ -26,7 +26,8 @@ import pytest
 from requests.adapters import HTTPAdapter
 
 from imgfetch.fetch import Aborted, FetchConfig, Fetcher, ImageFailed, SavedImage
-from imgfetch.testserver import IMAGE_FORMATS, ImageServer
+from imgfetch.testimages import IMAGE_FORMATS
+from imgfetch.testserver import ImageServer
 
 EXT = {
     "jpeg": "jpg",

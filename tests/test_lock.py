@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import load_json, run_imgfetch, start_imgfetch, write_catalog
 
-from imgfetch.testserver import image_bytes
+from imgfetch.testimages import image_bytes
 
 BUSY = 3
 HOLD_LIMIT = 60.0  # seconds a gated request waits at most, so nothing hangs forever

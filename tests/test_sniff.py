@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from imgfetch.sniff import EXTENSIONS, SNIFF_BYTES, describe_non_image, sniff_format
-from imgfetch.testserver import IMAGE_FORMATS, image_bytes
+from imgfetch.testimages import IMAGE_FORMATS, image_bytes
 
 
 def ftyp(major: bytes, *compatible: bytes, tail: bytes = b"\x00" * 8) -> bytes:

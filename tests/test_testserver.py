@@ -14,7 +14,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from imgfetch.testserver import IMAGE_FORMATS, ImageServer, demo_catalog, image_bytes
+from imgfetch.demo import demo_catalog
+from imgfetch.testimages import IMAGE_FORMATS, image_bytes
+from imgfetch.testserver import ImageServer
 
 MAGIC = {
     "jpeg": (0, b"\xff\xd8\xff\xe0"),
