@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
@@ -423,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in args or "-v" in args
     msg = Messages(_lang_in(args))
+    _tolerate_narrow_encodings()
     command = typer.main.get_command(app)
     try:
         result = command.main(args, prog_name="imgfetch", standalone_mode=False)
@@ -443,6 +445,16 @@ def main(argv: list[str] | None = None) -> int:
         _error(msg("err_internal", detail=repr(exc)), verbose, msg)
         return 70
     return result if isinstance(result, int) else 0
+
+
+def _tolerate_narrow_encodings() -> None:
+    """Under a GBK or ASCII locale, "✓" cannot be encoded; print "?" rather than
+    lose every line after it."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="replace")
 
 
 def _lang_in(args: list[str]) -> Lang:
