@@ -207,6 +207,8 @@ def read_catalog(
     path: Path, options: CatalogOptions, *, skip_invalid: bool = False
 ) -> Catalog:
     """Read and validate a whole catalog; raise CatalogError on the first problem."""
+    # TODO(#6): the whole file and every product stay in memory; a 1M-product
+    # JSON Lines catalog wants streaming (validation first, then a second pass).
     catalog = Catalog(products=[])
     seen: set[str] = set()
     for where, record in iter_records(path):

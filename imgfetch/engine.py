@@ -397,6 +397,8 @@ class Engine:
 
 def _existing_images(folder: Path) -> dict[str, str]:
     """Stems already saved in a product's folder, with their extensions."""
+    # TODO(#5): a slot is reused by name alone; if the catalog changed the URL of
+    # that slot between runs, the old image is kept.
     try:
         names = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):

@@ -19,6 +19,9 @@ from .base import Entry, Failure, ProductKey, StateStore
 class JsonStore(StateStore):
     """Keeps all state in memory and rewrites the three JSON files on `flush`.
 
+    TODO(#3): a flush costs time in proportion to the whole catalog; stores with a
+    flat cost per product are that issue's subject.
+
     Recorded means flushed: kill -9 loses what was recorded since the last flush
     (the engine flushes every few seconds), never what was flushed before.
     Mapping is written before pending, so a kill between the two leaves a product
