@@ -1,5 +1,5 @@
 """`python -m imgfetch`: the same as the `imgfetch` command."""
 
-from .cli import entry
+from .launch import entry
 
 entry()

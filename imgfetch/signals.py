@@ -51,6 +51,32 @@ class Flag:
         return self._set
 
 
+# Signals that arrived before any SignalWatcher was installed (see catch_early).
+_early: list[int] = []
+
+
+def catch_early() -> None:
+    """Record interrupts from the first instant of the process.
+
+    Importing the CLI (typer, rich, requests) takes a few hundred milliseconds; a
+    SIGTERM in that window would otherwise kill the process the default way
+    (exit -15 instead of 143). Called before those imports; the first
+    SignalWatcher takes the recorded signals over.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for sig in WATCHED:
+            signal.signal(sig, _record_early)
+
+
+def _record_early(signum: int, frame: FrameType | None) -> None:
+    _early.append(signum)
+
+
+def early_signal() -> int | None:
+    """The first signal recorded while no SignalWatcher was installed."""
+    return _early[0] if _early else None
+
+
 class SignalWatcher:
     """Records interrupts; never prints, logs, writes or locks in the handler.
 
@@ -83,6 +109,9 @@ class SignalWatcher:
         if threading.current_thread() is threading.main_thread():
             for sig in WATCHED:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        for signum in _early:
+            self._handle(signum, None)
+        _early.clear()
         return self
 
     def __exit__(
