@@ -192,8 +192,8 @@ def _run_options(
     max_bytes: int,
     user_agent: str,
 ) -> RunOptions:
-    _check_positive("--workers", workers, minimum=1, maximum=512)
-    _check_positive("--save-every", save_every, minimum=1)
+    _check_range("--workers", workers, minimum=1, maximum=512)
+    _check_range("--save-every", save_every, minimum=1)
     for name, value in (
         ("--save-interval", save_interval),
         ("--grace-period", grace_period),
@@ -203,8 +203,8 @@ def _run_options(
     ):
         if not value >= 0:  # also rejects NaN
             raise UsageError("negative", hint="zero_or_more", option=name, value=value)
-    _check_positive("--retries", retries, minimum=0, maximum=100)
-    _check_positive("--max-bytes", max_bytes, minimum=1)
+    _check_range("--retries", retries, minimum=0, maximum=100)
+    _check_range("--max-bytes", max_bytes, minimum=1)
     if default_scheme not in ("http", "https"):
         raise UsageError("bad_scheme", hint="scheme", scheme=default_scheme)
     field_map = parse_field_overrides(fields or [])
@@ -232,7 +232,7 @@ def _run_options(
     )
 
 
-def _check_positive(
+def _check_range(
     name: str, value: int, *, minimum: int, maximum: int | None = None
 ) -> None:
     if value < minimum or (maximum is not None and value > maximum):
@@ -390,8 +390,8 @@ def demo(
         raise UsageError("faults", value=faults)
     if not delay >= 0:
         raise UsageError("negative", hint="zero_or_more", option="--delay", value=delay)
-    _check_positive("--products", products, minimum=1, maximum=100_000)
-    _check_positive("--workers", workers, minimum=1, maximum=512)
+    _check_range("--products", products, minimum=1, maximum=100_000)
+    _check_range("--workers", workers, minimum=1, maximum=512)
     code = run_demo(
         folder,
         products=products,
