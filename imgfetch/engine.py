@@ -201,6 +201,8 @@ class Engine:
                 )
                 self.tally.per_category[image.category] += 1
                 self.tally.images += 1
+                # Its rename may never have been synced if that run was killed.
+                self._dirty_dirs.add(folder)
             elif image.problem:
                 run.failures.append(
                     Failure(image.category, image.index, image.url, image.problem, 0)
