@@ -17,6 +17,7 @@ import filelock
 import pytest
 from conftest import (
     assert_consistent,
+    imgfetch_env,
     load_json,
     make_catalog,
     run_imgfetch,
@@ -354,6 +355,21 @@ def test_unknown_backend_on_a_new_data_dir_creates_nothing(tmp_path: Path) -> No
     data = tmp_path / "data"
     result = run_imgfetch(["resume", "-d", str(data), "--backend", "redis-ish"])
     assert_one_line_error(result, "'redis-ish'")
+    assert not data.exists()
+
+
+@pytest.mark.parametrize("command", ["download", "resume", "inspect-pending"])
+def test_backend_comes_from_the_environment(tmp_path: Path, command: str) -> None:
+    # Some typer releases ignored envvar=; IMGFETCH_BACKEND must reach every command.
+    data = tmp_path / "data"
+    source = tmp_path / "c.json"
+    source.write_text('[{"id": "a"}]')
+    args = [command, str(source)] if command == "download" else [command]
+    result = run_imgfetch(
+        [*args, "-d", str(data)],
+        env=imgfetch_env(IMGFETCH_BACKEND="jsno"),
+    )
+    assert_one_line_error(result, "'jsno'", "did you mean 'json'")
     assert not data.exists()
 
 
