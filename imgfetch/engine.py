@@ -17,8 +17,7 @@ import queue
 import re
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +39,8 @@ _INDEX_RE = re.compile(r"_(\d+)\.[^./]+$")
 _POLL = 0.1  # seconds; how quickly the main thread notices a signal
 _STARTS_PER_TURN = 256  # products started between two looks at the signal flag
 _JOIN_WAIT = 0.2  # seconds, all workers together, for idle ones to exit at the end
+_HEARTBEAT = 5.0  # seconds between calls that let a shared store renew its leases
+_DURABLE_SAVE_INTERVAL = 0.25  # seconds; see _maybe_flush
 
 
 @dataclass(frozen=True)
@@ -128,14 +129,22 @@ class Engine:
         self._last_flush = time.monotonic()
         self._flush_cost = 0.0
         self._dirty_dirs: set[Path] = set()
+        # Finished products wait here for the next save, so that one sync of their
+        # folders and one write of the store covers many of them.
+        self._finished: list[tuple[str, Entry, list[Failure]]] = []
+        self._last_beat = time.monotonic()
         self._active: dict[str, _ProductRun] = {}
         self._workers: list[threading.Thread] = []
 
     def run(
         self, products: Iterable[Product], total: int, done_before: int, merge: bool
     ) -> RunResult:
-        """Download every product; return early, state saved, on a signal."""
-        todo = deque(products)
+        """Download every product; return early, state saved, on a signal.
+
+        `products` is consumed lazily, a few per worker ahead of the downloads, so
+        a store can hand out work as it is needed.
+        """
+        todo = _Lookahead(iter(products))
         self._total, self._done = total, done_before
         self._start_workers()
         try:
@@ -162,14 +171,14 @@ class Engine:
             # (stop_starting cannot tell: _stop_workers sets it on every exit.)
             signal=self.signals.first_signal if self.interrupted else None,
             completed=self.store.completed_count(),
-            pending=len(self.store.pending()),
-            failures=sum(len(f) for f in self.store.failures().values()),
+            pending=self.store.pending_count(),
+            failures=self.store.failure_count(),
             tally=self.tally,
         )
 
     # -- the main loop -----------------------------------------------------------
 
-    def _loop(self, todo: deque[Product], merge: bool) -> bool:
+    def _loop(self, todo: _Lookahead, merge: bool) -> bool:
         """Run until everything is done (False) or a signal arrives (True)."""
         while todo or self._outstanding:
             if self.signals.triggered.is_set():
@@ -177,15 +186,18 @@ class Engine:
             self._dispatch(todo, merge)
             self._collect(_POLL)
             self._maybe_flush()
-        return self.signals.triggered.is_set() and bool(self.store.pending())
+        if not self.signals.triggered.is_set():
+            return False
+        self._flush()
+        return self.store.pending_count() > 0
 
-    def _dispatch(self, todo: deque[Product], merge: bool) -> None:
+    def _dispatch(self, todo: _Lookahead, merge: bool) -> None:
         # Keep only a couple of jobs per worker queued: the order of the input is
         # kept, memory stays flat, and few products are in flight at an interrupt.
         started = 0
         limit = 2 * self.config.workers
         while todo and self._outstanding < limit and started < _STARTS_PER_TURN:
-            self._start_product(todo.popleft(), merge)
+            self._start_product(todo.pop(), merge)
             started += 1
 
     def _start_product(self, product: Product, merge: bool) -> None:
@@ -193,7 +205,12 @@ class Engine:
         entry = self.store.mapping_entry(product.id) if merge else None
         run = _ProductRun(product, folder, merge_into=entry or ({} if merge else None))
         existing = _existing_images(folder)
+        known = self.store.saved_images(product.id)
         for image in product.images:
+            slot = known.get((image.category, image.index))
+            if slot is not None and slot.url != image.url:
+                # The input changed this image's URL since the file was saved.
+                existing.pop(image.stem, None)
             if image.stem in existing:
                 # Saved by an earlier, interrupted run: files at final names are whole.
                 run.saved[(image.category, image.index)] = image_relpath(
@@ -237,6 +254,9 @@ class Engine:
         if isinstance(outcome, SavedImage):
             relpath = image_relpath(run.product.id, image.stem, _ext(outcome.filename))
             run.saved[(image.category, image.index)] = relpath
+            self.store.record_image(
+                run.product.id, image.category, image.index, image.url, relpath
+            )
             self.tally.per_category[image.category] += 1
             self.tally.images += 1
             self.tally.bytes += outcome.size
@@ -263,7 +283,7 @@ class Engine:
     def _finish_product(self, run: _ProductRun) -> None:
         entry = _build_entry(run, self.config.categories)
         failures = sorted(run.failures, key=lambda f: (f.category, f.index))
-        self.store.record_product(run.product.id, entry, failures)
+        self._finished.append((run.product.id, entry, failures))
         self._since_flush += 1
         self._done += 1
         self.tally.products += 1
@@ -276,12 +296,20 @@ class Engine:
     # -- saving ------------------------------------------------------------------
 
     def _maybe_flush(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat >= _HEARTBEAT:
+            self.store.heartbeat()
+            self._last_beat = now
         if not self._since_flush:
             return
-        now = time.monotonic()
+        interval = self.config.save_interval
+        if self.store.durable_on_record:
+            # Recording is cheap and flat for these stores: record almost at once,
+            # so kill -9 loses next to nothing, but still a batch at a time.
+            interval = min(interval, _DURABLE_SAVE_INTERVAL)
         due = (
             self._since_flush >= self.config.save_every
-            or now - self._last_flush >= self.config.save_interval
+            or now - self._last_flush >= interval
         )
         # A big JSON mapping is slow to rewrite: never spend more than about a
         # tenth of the run persisting it, whatever --save-every says.
@@ -296,6 +324,9 @@ class Engine:
         if self._dirty_dirs:
             fsync_dir(self.data_dir / IMAGES_DIR)
         self._dirty_dirs.clear()
+        if self._finished:
+            self.store.record_many(self._finished)
+            self._finished = []
         self.store.flush()
         self._since_flush = 0
         self._last_flush = time.monotonic()
@@ -397,10 +428,30 @@ class Engine:
             )
 
 
+class _Lookahead:
+    """An iterator that can say whether anything is left without consuming it."""
+
+    def __init__(self, items: Iterator[Product]) -> None:
+        self._items = items
+        self._next: Product | None = None
+
+    def __bool__(self) -> bool:
+        if self._next is None:
+            self._next = next(self._items, None)
+        return self._next is not None
+
+    def pop(self) -> Product:
+        if not self:
+            raise IndexError("no products left")
+        item, self._next = self._next, None
+        assert item is not None
+        return item
+
+
 def _existing_images(folder: Path) -> dict[str, str]:
     """Stems already saved in a product's folder, with their extensions."""
-    # TODO(#5): a slot is reused by name alone; if the catalog changed the URL of
-    # that slot between runs, the old image is kept.
+    # TODO(#5): stores that keep no per-image state (json, markers) reuse a slot by
+    # name alone; if the catalog changed the URL of that slot, the old image is kept.
     try:
         names = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):

@@ -7,17 +7,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .backends import open_store
 from .catalog import CatalogOptions, InvalidRecord, parse_product
 from .errors import ExitCode, StateError, UsageError
 from .messages import Messages
 from .progress import format_duration, line_writer
-from .runner import pending_age, product_key
+from .runner import open_state, pending_age
 
 
 def inspect_pending(
     data_dir: Path,
-    backend: str,
+    backend: str | None,
     catalog: CatalogOptions,
     msg: Messages,
     *,
@@ -30,8 +29,7 @@ def inspect_pending(
         raise UsageError("negative", hint="zero_or_more", option="--first", value=first)
     if not data_dir.is_dir():
         raise StateError("no_data_dir", hint="pass_data_dir", path=str(data_dir))
-    store = open_store(backend, data_dir)
-    store.open(product_key(catalog))
+    store = open_state(data_dir, backend, catalog, locked=False)
     summary = _summarize(store.pending(), catalog, store.pending_label, first)
     summary.update(
         data_dir=str(data_dir),

@@ -15,6 +15,7 @@ import filelock
 
 from .backends import open_store
 from .backends.base import StateStore
+from .backends.identity import choose_store, claim_directory, finish_migration
 from .catalog import (
     Catalog,
     CatalogOptions,
@@ -50,7 +51,7 @@ class RunOptions:
     """Everything a download or resume needs, already validated by the CLI."""
 
     data_dir: Path
-    backend: str
+    backend: str | None  # None: the data directory's own store
     catalog: CatalogOptions
     engine: EngineConfig
     fetch: FetchConfig
@@ -118,9 +119,15 @@ def _make_data_dir(data_dir: Path) -> None:
         ) from None
 
 
-def open_state(options: RunOptions) -> StateStore:
-    store = open_store(options.backend, options.data_dir)
-    store.open(product_key(options.catalog))
+def open_state(
+    data_dir: Path, backend: str | None, catalog: CatalogOptions, *, locked: bool
+) -> StateStore:
+    """Open the data directory's store; `locked` commands may finish a migration
+    that a kill interrupted, the others only read."""
+    if locked:
+        finish_migration(data_dir)
+    store = open_store(choose_store(data_dir, backend), data_dir)
+    store.open(product_key(catalog))
     return store
 
 
@@ -183,65 +190,79 @@ def _run_locked(
     retry_failed: bool,
 ) -> int:
     with locked_data_dir(options.data_dir):
-        store = open_state(options)
+        store = open_state(
+            options.data_dir, options.backend, options.catalog, locked=True
+        )
         try:
             # Every stored record is validated before anything is printed or
             # cleaned, so damaged state changes nothing.
-            pending = [] if retry_failed else _pending_products(options, store)
+            if not retry_failed:
+                _check_pending(options, store)
             _clean_temp_files(options.data_dir, report)
             report.banner()
             if retry_failed:
                 return _retry_failed(options, report, store, signals)
-            work, done_before, had_pending = _plan(report, store, catalog, pending)
+            had_pending = store.has_pending()
             if catalog is None and not had_pending:
                 report("nothing_to_resume", path=store.pending_label)
                 return ExitCode.OK
+            claim_directory(options.data_dir, store.name)
+            done_before, total = _plan(report, store, catalog)
             report("starting")
-            total = done_before + len(work)
             result = _engine(options, report, store, signals).run(
-                work, total, done_before, merge=False
+                _claimed(store, options.catalog), total, done_before, merge=False
             )
-            return _finish(report, store, result, had_pending or bool(work))
+            return _finish(report, store, result, had_pending or total > done_before)
         finally:
             store.close()
 
 
 def _plan(
-    report: Reporter,
-    store: StateStore,
-    catalog: Catalog | None,
-    pending: list[Product],
-) -> tuple[list[Product], int, bool]:
-    """Pending products first (the spec), then the input's new ones, in order."""
-    had_pending = store.has_pending()
-    work = list(pending)
-    if work:
-        report("found_pending", count=len(work))
+    report: Reporter, store: StateStore, catalog: Catalog | None
+) -> tuple[int, int]:
+    """Queue the input's new products after the pending ones (the spec's order);
+    return how many of the job were done before, and the job's size."""
+    pending = store.pending_count()
+    if pending:
+        report("found_pending", count=pending)
         report("pending_first")
-    queued = {p.id for p in work}
-    fresh = []
-    done_before = store.completed_count()
-    if catalog is not None:
+    if catalog is None:
+        done_before = store.completed_count()
+    else:
         done_before = 0
+        fresh = []
         for product in catalog.products:
             if store.is_completed(product.id):
                 done_before += 1
-            elif product.id not in queued:
-                fresh.append(product)
-                queued.add(product.id)
-    # Recorded as pending before any download starts, so `resume` finds the whole
-    # of the work even after a kill -9 in the first second.
-    if fresh:
-        store.add_pending((p.id, p.raw) for p in fresh)
-        store.flush()
-    return work + fresh, done_before, had_pending
+            else:
+                fresh.append((product.id, product.raw))
+        # Recorded as pending before any download starts, so `resume` finds the
+        # whole of the work even after a kill -9 in the first second. The store
+        # skips products that are pending already.
+        if fresh:
+            store.add_pending(fresh)
+            store.flush()
+    return done_before, done_before + store.pending_count()
 
 
-def _pending_products(options: RunOptions, store: StateStore) -> list[Product]:
-    products = []
-    for number, (_pid, raw) in enumerate(store.pending(), start=1):
+# Products asked of the store at a time: enough to keep the workers busy, few
+# enough that a shared store's leases cover only work about to start.
+_CLAIM_BATCH = 64
+
+
+def _claimed(store: StateStore, options: CatalogOptions) -> Iterator[Product]:
+    """The store's pending products, as the engine asks for them."""
+    while batch := store.claim(_CLAIM_BATCH):
+        for _pid, raw in batch:
+            yield parse_product(raw, options)
+
+
+def _check_pending(options: RunOptions, store: StateStore) -> None:
+    """Parse every pending record once, so a damaged one stops the run before it
+    starts (and changes nothing)."""
+    for number, (_pid, raw) in enumerate(store.iter_pending(), start=1):
         try:
-            products.append(parse_product(raw, options.catalog))
+            parse_product(raw, options.catalog)
         except InvalidRecord as exc:
             raise StateError(
                 "state_record",
@@ -250,7 +271,6 @@ def _pending_products(options: RunOptions, store: StateStore) -> list[Product]:
                 number=number,
                 reason=exc.text,
             ) from None
-    return products
 
 
 def _retry_failed(
@@ -269,6 +289,7 @@ def _retry_failed(
         products.append(Product(pid, {}, tuple(images)))
     count = sum(len(p.images) for p in products)
     report("retrying_failed", count=count, products=len(products))
+    claim_directory(options.data_dir, store.name)
     result = _engine(options, report, store, signals).run(
         products, len(products), 0, merge=True
     )

@@ -34,10 +34,14 @@ def check_backend(name: str) -> str:
     )
 
 
-def open_store(name: str, data_dir: Path) -> StateStore:
-    """Create the store called `name` for `data_dir` (not yet opened)."""
+def store_class(name: str) -> type[StateStore]:
+    """The class registered as `name`, imported now."""
     target = _REGISTRY[check_backend(name)]
     module_name, _, class_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    store: StateStore = cls(data_dir)
-    return store
+    cls: type[StateStore] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def open_store(name: str, data_dir: Path) -> StateStore:
+    """Create the store called `name` for `data_dir` (not yet opened)."""
+    return store_class(name)(data_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,14 @@ class JsonStore(StateStore):
         self._pending_on_disk = False
         self._failures_on_disk = False
         self._dirty = False
+
+    @classmethod
+    def owned_paths(cls, data_dir: Path) -> list[Path]:
+        return [
+            data_dir / MAPPING_FILE,
+            data_dir / PENDING_FILE,
+            data_dir / FAILED_FILE,
+        ]
 
     def open(self, product_key: ProductKey) -> None:
         self._mapping = _load_mapping(self.mapping_path)
@@ -91,9 +99,19 @@ class JsonStore(StateStore):
         entry = self._mapping.get(product_id)
         return None if entry is None else {k: list(v) for k, v in entry.items()}
 
-    def pending(self) -> list[tuple[str, dict[str, Any]]]:
+    def iter_mapping(self) -> Iterator[tuple[str, Entry]]:
         with self._lock:
-            return list(self._pending.items())
+            items = list(self._mapping.items())
+        for pid, entry in items:
+            yield pid, {k: list(v) for k, v in entry.items()}
+
+    def iter_pending(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            items = list(self._pending.items())
+        yield from items
+
+    def pending_count(self) -> int:
+        return len(self._pending)
 
     def has_pending(self) -> bool:
         return self._pending_on_disk
