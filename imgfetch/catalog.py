@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .cdn import original_url
 from .errors import CatalogError, UsageError
 from .messages import Text
 
@@ -46,11 +47,13 @@ class Product:
 
 @dataclass(frozen=True)
 class CatalogOptions:
-    """How records are interpreted: id field, image fields, URL scheme."""
+    """How records are interpreted: id field, image fields, URL scheme, and whether
+    CDN thumbnail suffixes are stripped (`--original`)."""
 
     id_field: str | None = None
     fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_FIELDS))
     default_scheme: str = "https"
+    original: bool = False
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -109,11 +112,16 @@ def is_category_name(name: object) -> bool:
     return isinstance(name, str) and _CATEGORY_RE.fullmatch(name) is not None
 
 
-def normalize_url(value: str, default_scheme: str) -> tuple[str, str | None]:
-    """Trim and complete a URL; the second value says why it cannot be fetched."""
+def normalize_url(
+    value: str, default_scheme: str, *, original: bool = False
+) -> tuple[str, str | None]:
+    """Trim and complete a URL, and with `original` strip a CDN thumbnail suffix;
+    the second value says why it cannot be fetched."""
     url = value.strip()
     if url.startswith("//"):
         url = f"{default_scheme}:{url}"
+    if original:
+        url = original_url(url)
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -198,7 +206,9 @@ def parse_product(record: Any, options: CatalogOptions) -> Product:
     for category, name in options.fields.items():
         urls = _field_urls(record.get(name), name)
         for index, raw_url in enumerate(urls, start=1):
-            url, problem = normalize_url(raw_url, options.default_scheme)
+            url, problem = normalize_url(
+                raw_url, options.default_scheme, original=options.original
+            )
             images.append(ImageRef(category, index, url, problem))
     return Product(pid, record, tuple(images))
 

@@ -18,9 +18,11 @@ from . import __version__
 from .backends import DEFAULT_BACKEND, backend_names, check_backend
 from .catalog import CatalogOptions, parse_field_overrides
 from .console import setup_logging
+from .decode import require_pillow
 from .engine import EngineConfig
 from .errors import EXIT_CODE_TABLE, ExitCode, ImgfetchError, UsageError
 from .fetch import FetchConfig
+from .identity import check_proxy, check_url_option, load_cookies, parse_header
 from .messages import Lang, Messages, Text, detect_lang
 from .progress import line_writer
 from .runner import Reporter, RunOptions, run_download
@@ -92,11 +94,15 @@ DataDir = Annotated[
     ),
 ]
 Backend = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--backend",
         envvar="IMGFETCH_BACKEND",
-        help=f"State store: {', '.join(backend_names())}.",
+        help=(
+            f"State store: {', '.join(backend_names())}. Default: the store that "
+            f"wrote the data directory, or {DEFAULT_BACKEND} for a new one."
+        ),
+        show_default=False,
     ),
 ]
 Workers = Annotated[
@@ -146,6 +152,14 @@ Fields = Annotated[
 Scheme = Annotated[
     str, typer.Option(help="Scheme for protocol-relative URLs (//host/path).")
 ]
+Original = Annotated[
+    bool,
+    typer.Option(
+        "--original",
+        help="Strip CDN thumbnail suffixes after the file name "
+        "(x.jpg_400x400.jpg_.webp -> x.jpg) to fetch the original image.",
+    ),
+]
 ConnectTimeout = Annotated[
     float, typer.Option(parser=_number, help="Seconds to connect.")
 ]
@@ -168,6 +182,54 @@ UserAgent = Annotated[
         help="User-Agent header (default: a desktop browser's).", show_default=False
     ),
 ]
+MaxRetryWait = Annotated[
+    float,
+    typer.Option(
+        parser=_number, help="Longest wait before a retry, Retry-After included."
+    ),
+]
+PerHost = Annotated[
+    int,
+    typer.Option(parser=_whole_number, help="Connections at once to one host."),
+]
+Rate = Annotated[
+    float,
+    typer.Option(parser=_number, help="Requests per second to one host (0: no limit)."),
+]
+Headers = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--header",
+        metavar="'NAME: VALUE'",
+        help="A header sent with every request, repeatable.",
+    ),
+]
+Referer = Annotated[
+    str | None,
+    typer.Option(
+        help="Referer sent with every request (default: none; a 403 is retried "
+        "once with the other policy).",
+        show_default=False,
+    ),
+]
+Cookies = Annotated[
+    Path | None,
+    typer.Option(help="Netscape cookies.txt file whose cookies are sent."),
+]
+Proxy = Annotated[
+    str | None,
+    typer.Option(
+        help="Proxy URL for every request; wins over HTTP(S)_PROXY.",
+        show_default=False,
+    ),
+]
+VerifyDecode = Annotated[
+    bool,
+    typer.Option(
+        # Help text is rich markup: an unescaped [decode] would vanish.
+        help="Decode every image fully with Pillow (pip install 'imgfetch\\[decode]')."
+    ),
+]
 Verbose = Annotated[
     bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")
 ]
@@ -176,7 +238,7 @@ Verbose = Annotated[
 def _run_options(
     *,
     data_dir: Path,
-    backend: str,
+    backend: str | None,
     workers: int,
     save_every: int,
     save_interval: float,
@@ -185,12 +247,21 @@ def _run_options(
     id_field: str | None,
     fields: list[str] | None,
     default_scheme: str,
+    original: bool,
     connect_timeout: float,
     read_timeout: float,
     deadline: float,
     retries: int,
     max_bytes: int,
     user_agent: str,
+    max_retry_wait: float,
+    per_host: int,
+    rate: float,
+    header: list[str] | None,
+    referer: str | None,
+    cookies: Path | None,
+    proxy: str | None,
+    verify_decode: bool,
 ) -> RunOptions:
     _check_range("--workers", workers, minimum=1, maximum=512)
     _check_range("--save-every", save_every, minimum=1)
@@ -200,18 +271,32 @@ def _run_options(
         ("--connect-timeout", connect_timeout),
         ("--read-timeout", read_timeout),
         ("--deadline", deadline),
+        ("--max-retry-wait", max_retry_wait),
+        ("--rate", rate),
     ):
         if not value >= 0:  # also rejects NaN
             raise UsageError("negative", hint="zero_or_more", option=name, value=value)
     _check_range("--retries", retries, minimum=0, maximum=100)
     _check_range("--max-bytes", max_bytes, minimum=1)
+    _check_range("--per-host", per_host, minimum=1, maximum=512)
+    headers = tuple(parse_header(text) for text in header or [])
+    if referer is not None:
+        check_url_option("--referer", referer, ("http", "https"))
+    if proxy is not None:
+        check_proxy(proxy)
+    if cookies is not None:
+        load_cookies(cookies)  # a bad file stops here, before anything is touched
+    if verify_decode:
+        require_pillow()
     if default_scheme not in ("http", "https"):
         raise UsageError("bad_scheme", hint="scheme", scheme=default_scheme)
     field_map = parse_field_overrides(fields or [])
     return RunOptions(
         data_dir=data_dir,
-        backend=check_backend(backend),
-        catalog=CatalogOptions(id_field or None, field_map, default_scheme),
+        backend=backend and check_backend(backend),
+        catalog=CatalogOptions(
+            id_field or None, field_map, default_scheme, original=original
+        ),
         engine=EngineConfig(
             workers=workers,
             save_every=save_every,
@@ -227,6 +312,14 @@ def _run_options(
             max_bytes=max_bytes,
             user_agent=user_agent,
             pool_size=workers,
+            max_retry_wait=max_retry_wait,
+            per_host=per_host,
+            rate=rate,
+            headers=headers,
+            referer=referer,
+            cookies=cookies,
+            proxy=proxy,
+            verify_decode=verify_decode,
         ),
         progress=progress.value,
     )
@@ -261,7 +354,7 @@ def download(
         ),
     ] = None,
     data_dir: DataDir = Path("data_clean"),
-    backend: Backend = DEFAULT_BACKEND,
+    backend: Backend = None,
     workers: Workers = ENGINE_DEFAULTS.workers,
     save_every: SaveEvery = ENGINE_DEFAULTS.save_every,
     save_interval: SaveInterval = ENGINE_DEFAULTS.save_interval,
@@ -271,6 +364,7 @@ def download(
     id_field: IdField = None,
     field: Fields = None,
     default_scheme: Scheme = "https",
+    original: Original = False,
     skip_invalid: Annotated[
         bool, typer.Option(help="Skip bad records with a warning instead of stopping.")
     ] = False,
@@ -283,6 +377,14 @@ def download(
     retries: Retries = FETCH_DEFAULTS.retries,
     max_bytes: MaxBytes = FETCH_DEFAULTS.max_bytes,
     user_agent: UserAgent = FETCH_DEFAULTS.user_agent,
+    max_retry_wait: MaxRetryWait = FETCH_DEFAULTS.max_retry_wait,
+    per_host: PerHost = FETCH_DEFAULTS.per_host,
+    rate: Rate = FETCH_DEFAULTS.rate,
+    header: Headers = None,
+    referer: Referer = None,
+    cookies: Cookies = None,
+    proxy: Proxy = None,
+    verify_decode: VerifyDecode = False,
     verbose: Verbose = False,
 ) -> None:
     """Download the catalog's images; pending work of an interrupted run goes first."""
@@ -303,7 +405,7 @@ def download(
 @app.command(epilog=EXIT_CODES_HELP)
 def resume(
     data_dir: DataDir = Path("data_clean"),
-    backend: Backend = DEFAULT_BACKEND,
+    backend: Backend = None,
     workers: Workers = ENGINE_DEFAULTS.workers,
     save_every: SaveEvery = ENGINE_DEFAULTS.save_every,
     save_interval: SaveInterval = ENGINE_DEFAULTS.save_interval,
@@ -313,12 +415,21 @@ def resume(
     id_field: IdField = None,
     field: Fields = None,
     default_scheme: Scheme = "https",
+    original: Original = False,
     connect_timeout: ConnectTimeout = FETCH_DEFAULTS.connect_timeout,
     read_timeout: ReadTimeout = FETCH_DEFAULTS.read_timeout,
     deadline: Deadline = FETCH_DEFAULTS.deadline,
     retries: Retries = FETCH_DEFAULTS.retries,
     max_bytes: MaxBytes = FETCH_DEFAULTS.max_bytes,
     user_agent: UserAgent = FETCH_DEFAULTS.user_agent,
+    max_retry_wait: MaxRetryWait = FETCH_DEFAULTS.max_retry_wait,
+    per_host: PerHost = FETCH_DEFAULTS.per_host,
+    rate: Rate = FETCH_DEFAULTS.rate,
+    header: Headers = None,
+    referer: Referer = None,
+    cookies: Cookies = None,
+    proxy: Proxy = None,
+    verify_decode: VerifyDecode = False,
     verbose: Verbose = False,
 ) -> None:
     """Finish only the pending tasks of an interrupted run; no catalog needed."""
@@ -331,7 +442,7 @@ def resume(
 @app.command("inspect-pending")
 def inspect_pending(
     data_dir: DataDir = Path("data_clean"),
-    backend: Backend = DEFAULT_BACKEND,
+    backend: Backend = None,
     id_field: IdField = None,
     field: Fields = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
@@ -345,12 +456,89 @@ def inspect_pending(
     from .pending_report import inspect_pending as run_inspect
 
     setup_logging(verbose)
-    check_backend(backend)
+    if backend:
+        check_backend(backend)
     catalog = CatalogOptions(id_field or None, parse_field_overrides(field or []))
     code = run_inspect(
         data_dir, backend, catalog, _messages(lang), as_json=as_json, first=first
     )
     raise typer.Exit(code)
+
+
+@app.command()
+def failures(
+    data_dir: DataDir = Path("data_clean"),
+    backend: Backend = None,
+    id_field: IdField = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="A JSON array, for scripts.")
+    ] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV with a header.")] = False,
+    lang: LangOpt = LangChoice.auto,
+    verbose: Verbose = False,
+) -> None:
+    """List the images that failed, and the most common reasons; safe while a
+    download runs."""
+    from .failures_report import Format, show_failures
+
+    setup_logging(verbose)
+    if as_json and as_csv:
+        raise UsageError("json_and_csv", hint="one_format")
+    if backend:
+        check_backend(backend)
+    output: Format = "json" if as_json else "csv" if as_csv else "table"
+    catalog = CatalogOptions(id_field or None)
+    code = show_failures(data_dir, backend, catalog, _messages(lang), output=output)
+    raise typer.Exit(code)
+
+
+@app.command()
+def export(
+    to: Annotated[
+        Path,
+        typer.Option(
+            "--to", help="Folder for the spec's JSON files (created if missing)."
+        ),
+    ],
+    data_dir: DataDir = Path("data_clean"),
+    backend: Backend = None,
+    id_field: IdField = None,
+    lang: LangOpt = LangChoice.auto,
+    verbose: Verbose = False,
+) -> None:
+    """Write image_mapping.json, pending_tasks.json and failed_images.json from any
+    store; safe while a download runs."""
+    from .transfer import export_state
+
+    setup_logging(verbose)
+    if backend:
+        check_backend(backend)
+    report = Reporter(_messages(lang), line_writer())
+    catalog = CatalogOptions(id_field or None)
+    raise typer.Exit(export_state(data_dir, backend, catalog, to, report))
+
+
+@app.command()
+def migrate(
+    source: Annotated[
+        str, typer.Option("--from", help="The store that wrote the data directory.")
+    ],
+    target: Annotated[str, typer.Option("--to", help="The store to convert it to.")],
+    data_dir: DataDir = Path("data_clean"),
+    id_field: IdField = None,
+    lang: LangOpt = LangChoice.auto,
+    verbose: Verbose = False,
+) -> None:
+    """Convert the data directory to another store, in place; a kill part-way
+    leaves the old store as it was."""
+    from .transfer import migrate_state
+
+    setup_logging(verbose)
+    check_backend(source)
+    check_backend(target)
+    report = Reporter(_messages(lang), line_writer())
+    catalog = CatalogOptions(id_field or None)
+    raise typer.Exit(migrate_state(data_dir, source, target, catalog, report))
 
 
 @app.command()

@@ -66,6 +66,14 @@ _CATALOG: dict[str, dict[Lang, str]] = {
         "zh": "✓ 所有任务已完成，已删除待办文件",
     },
     "all_done": {"en": "✓ All tasks completed", "zh": "✓ 所有任务已完成"},
+    "resume_none": {
+        "en": "No unfinished tasks in {path}: nothing to resume",
+        "zh": "{path} 中没有未完成任务, 无需恢复",
+    },
+    "inspect_none_store": {
+        "en": "No pending tasks in {path}",
+        "zh": "{path} 中没有未完成任务",
+    },
     "nothing_to_resume": {
         "en": "No unfinished tasks in {path}: nothing to resume",
         "zh": "没有未完成任务: {path} 不存在，无需恢复",
@@ -132,6 +140,21 @@ _CATALOG: dict[str, dict[Lang, str]] = {
         "en": "Completed: {completed} products; failed images: {failed}",
         "zh": "已完成: {completed} 个商品; 失败图片: {failed} 张",
     },
+    "top_reasons": {"en": "  most common reasons:", "zh": "  主要失败原因:"},
+    "top_reason": {"en": "    {reason}: {count}", "zh": "    {reason}: {count} 张"},
+    "failures_none": {
+        "en": "No failed images ({path})",
+        "zh": "没有失败的图片 ({path})",
+    },
+    "failures_count": {
+        "en": "{count} failed images in {products} products, listed in {path}",
+        "zh": "{count} 张图片下载失败 (共 {products} 个商品)，详见 {path}",
+    },
+    "head_product": {"en": "product", "zh": "商品"},
+    "head_category": {"en": "category", "zh": "类别"},
+    "head_url": {"en": "URL", "zh": "URL"},
+    "head_reason": {"en": "reason", "zh": "原因"},
+    "head_attempts": {"en": "attempts", "zh": "尝试次数"},
     "demo_folder": {
         "en": "Demo: catalog {catalog}, images and state in {data_dir}",
         "zh": "演示: 商品目录 {catalog}, 图片和状态文件在 {data_dir}",
@@ -182,6 +205,11 @@ _CATALOG: dict[str, dict[Lang, str]] = {
         "zh": "{option} {value} 超出范围",
     },
     "hint_range": {"en": "use a value {bounds}", "zh": "请用 {bounds} 范围内的值"},
+    "err_json_and_csv": {
+        "en": "--json and --csv cannot be used together",
+        "zh": "--json 和 --csv 不能同时使用",
+    },
+    "hint_one_format": {"en": "choose one of them", "zh": "请只选其中一个"},
     "err_faults": {
         "en": "--faults {value} is not between 0 and 1",
         "zh": "--faults {value} 不在 0 到 1 之间",
@@ -193,6 +221,46 @@ _CATALOG: dict[str, dict[Lang, str]] = {
     "hint_scheme": {
         "en": "use --default-scheme https (or http)",
         "zh": "请用 --default-scheme https (或 http)",
+    },
+    "err_bad_header": {
+        "en": "--header {header!r} is not a header",
+        "zh": "--header {header!r} 不是有效的请求头",
+    },
+    "hint_header_form": {
+        "en": "write it as 'Name: value', e.g. --header 'Accept-Language: en'",
+        "zh": "请写成 'Name: value' 的形式, 例如 --header 'Accept-Language: zh-CN'",
+    },
+    "err_bad_url_option": {
+        "en": "{option} {value!r} is not a URL with scheme {schemes}",
+        "zh": "{option} {value!r} 不是以 {schemes} 开头的网址",
+    },
+    "hint_url_option": {
+        "en": "give a full URL such as http://host:port/",
+        "zh": "请给出完整的网址, 例如 http://host:port/",
+    },
+    "err_socks_missing": {
+        "en": "--proxy {value} needs SOCKS support, which is not installed",
+        "zh": "--proxy {value} 需要 SOCKS 支持, 但尚未安装",
+    },
+    "hint_install_socks": {
+        "en": "run: pip install 'requests[socks]'",
+        "zh": "请运行: pip install 'requests[socks]'",
+    },
+    "err_cookies_file": {
+        "en": "--cookies {path}: {detail}",
+        "zh": "--cookies {path}: {detail}",
+    },
+    "hint_cookies_format": {
+        "en": "export the cookies as a Netscape cookies.txt file",
+        "zh": "请把 cookies 导出为 Netscape 格式的 cookies.txt 文件",
+    },
+    "err_no_pillow": {
+        "en": "--verify-decode needs Pillow, which is not installed",
+        "zh": "--verify-decode 需要 Pillow, 但尚未安装",
+    },
+    "hint_install_decode": {
+        "en": "run: pip install 'imgfetch[decode]'",
+        "zh": "请运行: pip install 'imgfetch[decode]'",
     },
     "err_field_not_pair": {
         "en": "--field {spec!r} is not CATEGORY=FIELD",
@@ -219,6 +287,71 @@ _CATALOG: dict[str, dict[Lang, str]] = {
         "zh": "是不是想用 {close!r}? 可选: {names}",
     },
     "hint_backend_choose": {"en": "choose one of: {names}", "zh": "可选: {names}"},
+    "exported": {
+        "en": (
+            "Exported the {store} store to {path}: {completed} completed, "
+            "{pending} pending products, {failed} failed images"
+        ),
+        "zh": (
+            "已将 {store} 存储导出到 {path}: 已完成 {completed} 个商品, "
+            "未完成 {pending} 个商品, 失败图片 {failed} 张"
+        ),
+    },
+    "export_is_store": {
+        "en": "{path} already holds the JSON store's files; nothing to export",
+        "zh": "{path} 中已是 JSON 存储的文件, 无需导出",
+    },
+    "migrated": {
+        "en": (
+            "Migrated {path} from {source} to {target}: {completed} completed, "
+            "{pending} pending products, {failed} failed images"
+        ),
+        "zh": (
+            "已将 {path} 从 {source} 转换为 {target}: 已完成 {completed} 个商品, "
+            "未完成 {pending} 个商品, 失败图片 {failed} 张"
+        ),
+    },
+    "migrate_already": {
+        "en": "{path} already uses the {name} store; nothing to migrate",
+        "zh": "{path} 已在使用 {name} 存储, 无需转换",
+    },
+    "err_migrate_same": {
+        "en": "--from and --to are both {name!r}",
+        "zh": "--from 和 --to 都是 {name!r}",
+    },
+    "hint_migrate_pick": {
+        "en": "name the store the folder uses now, and a different one to convert to",
+        "zh": "请指定目录当前使用的存储, 以及要转换成的另一种存储",
+    },
+    "err_store_mismatch": {
+        "en": "{path} holds state written by the {found} store, not by {asked}",
+        "zh": "{path} 中的状态由 {found} 存储写入, 不是 {asked}",
+    },
+    "hint_store_mismatch": {
+        "en": (
+            "use --backend {found}, or convert the folder first: "
+            "imgfetch migrate --from {found} --to {asked}"
+        ),
+        "zh": (
+            "请使用 --backend {found}, 或先转换该目录: "
+            "imgfetch migrate --from {found} --to {asked}"
+        ),
+    },
+    "err_store_file_damaged": {
+        "en": '{path} is damaged (expected {{"store": NAME}})',
+        "zh": '{path} 已损坏 (应为 {{"store": 名称}})',
+    },
+    "err_store_file_unknown": {
+        "en": "{path} names a store this imgfetch does not have: {name!r}",
+        "zh": "{path} 指定的存储不存在: {name!r}",
+    },
+    "hint_store_file": {
+        "en": (
+            "it records which store wrote this folder; write "
+            '{{"store": "json"}} into it naming one of: {names}'
+        ),
+        "zh": ('该文件记录写入此目录的存储; 请写入 {{"store": "json"}}, 可选: {names}'),
+    },
     "err_demo_port": {
         "en": "cannot serve the demo on 127.0.0.1:{port} ({detail})",
         "zh": "无法在 127.0.0.1:{port} 上启动演示服务器 ({detail})",
@@ -388,6 +521,10 @@ _CATALOG: dict[str, dict[Lang, str]] = {
         "en": "index {index!r} is not a position from 1",
         "zh": "index {index!r} 不是从 1 开始的位置",
     },
+    "reason_pending_item": {
+        "en": 'is not {{"id": "...", "record": {{...}}}}',
+        "zh": '不是 {{"id": "...", "record": {{...}}}} 的形式',
+    },
     # the data directory and its state files
     "err_busy": {
         "en": "data directory {path} is in use by another imgfetch",
@@ -474,6 +611,18 @@ _CATALOG: dict[str, dict[Lang, str]] = {
         "en": "{path}: the failures of product {pid!r} are damaged ({reason})",
         "zh": "{path}: 商品 {pid!r} 的失败记录已损坏 ({reason})",
     },
+    "shape_marker": {
+        "en": 'a product marker {{"id": ...}}',
+        "zh": '商品标记 {{"id": ...}}',
+    },
+    "err_marker_field": {
+        "en": "{path}: field {field!r} is missing or has the wrong type",
+        "zh": "{path}: 字段 {field!r} 缺失或类型不对",
+    },
+    "err_marker_misplaced": {
+        "en": "{path}: holds product {pid!r}, whose marker has another file name",
+        "zh": "{path}: 存放的是商品 {pid!r}, 但它的标记文件应是另一个文件名",
+    },
     "hint_damaged": {
         "en": (
             "imgfetch left it untouched; restore it from a backup, repair the JSON, "
@@ -497,6 +646,73 @@ _CATALOG: dict[str, dict[Lang, str]] = {
             "otherwise {damaged}"
         ),
         "zh": "如果商品目录的ID字段变了, 请使用与之前相同的 --id-field; 否则 {damaged}",
+    },
+    # the SQLite store's database
+    "err_state_not_db": {
+        "en": "{path} is not an SQLite database ({detail})",
+        "zh": "{path} 不是 SQLite 数据库 ({detail})",
+    },
+    "err_state_db_damaged": {
+        "en": "{path} is damaged ({detail})",
+        "zh": "{path} 已损坏 ({detail})",
+    },
+    "hint_damaged_db": {
+        "en": (
+            "imgfetch left it untouched; restore it from a backup (with its -wal "
+            "file, if any), or move both out of the data directory to start that "
+            "part over (saved images stay)"
+        ),
+        "zh": (
+            "imgfetch 没有改动它; 请从备份恢复 (连同它的 -wal 文件, 如果有), "
+            "或把它们移出数据目录以重新开始这部分 (已保存的图片会保留)"
+        ),
+    },
+    "err_state_foreign_db": {
+        "en": "{path} is an SQLite database that imgfetch did not write",
+        "zh": "{path} 是一个不由 imgfetch 写入的 SQLite 数据库",
+    },
+    "hint_foreign_db": {
+        "en": "move it out of the data directory, or choose another --data-dir",
+        "zh": "请把它移出数据目录, 或换一个 --data-dir",
+    },
+    "err_state_db_version": {
+        "en": (
+            "{path} has state format version {version!r}; this imgfetch reads "
+            "version {supported}"
+        ),
+        "zh": (
+            "{path} 的状态格式版本是 {version!r}; "
+            "当前 imgfetch 只能读取版本 {supported}"
+        ),
+    },
+    "hint_db_version": {
+        "en": (
+            "use the imgfetch release that wrote it, or move it out of the data "
+            "directory to start over (saved images stay)"
+        ),
+        "zh": (
+            "请使用写入它的 imgfetch 版本, "
+            "或把它移出数据目录以重新开始 (已保存的图片会保留)"
+        ),
+    },
+    "err_state_orphan_wal": {
+        "en": "{path} is there but the database it belongs to is missing",
+        "zh": "{path} 存在, 但它所属的数据库不见了",
+    },
+    "hint_orphan_wal": {
+        "en": (
+            "put the database back beside it, or move {path} out of the data "
+            "directory too"
+        ),
+        "zh": "请把数据库放回它旁边, 或把 {path} 也移出数据目录",
+    },
+    "err_pending_damaged": {
+        "en": "{path}: the pending record of product {pid!r} is damaged ({reason})",
+        "zh": "{path}: 商品 {pid!r} 的待处理记录已损坏 ({reason})",
+    },
+    "err_saved_image_damaged": {
+        "en": "{path}: a saved image of product {pid!r} is damaged ({reason})",
+        "zh": "{path}: 商品 {pid!r} 的某条已保存图片记录已损坏 ({reason})",
     },
 }
 

@@ -33,6 +33,7 @@ def inspect_pending(
     summary = _summarize(store.pending(), catalog, store.pending_label, first)
     summary.update(
         data_dir=str(data_dir),
+        store=store.name,
         exists=store.has_pending(),
         age_seconds=pending_age(store),
         completed=store.completed_count(),
@@ -77,7 +78,8 @@ def _summarize(
 
 def _human(summary: dict[str, Any], msg: Messages) -> list[str]:
     if not summary["exists"]:
-        return [msg("inspect_none", path=summary["pending_file"])]
+        key = "inspect_none" if summary["store"] == "json" else "inspect_none_store"
+        return [msg(key, path=summary["pending_file"])]
     parts = ", ".join(msg.category_count(c, n) for c, n in summary["images"].items())
     age = summary["age_seconds"]
     return [

@@ -204,7 +204,8 @@ def _run_locked(
                 return _retry_failed(options, report, store, signals)
             had_pending = store.has_pending()
             if catalog is None and not had_pending:
-                report("nothing_to_resume", path=store.pending_label)
+                key = "nothing_to_resume" if store.pending_is_file else "resume_none"
+                report(key, path=store.pending_label)
                 return ExitCode.OK
             claim_directory(options.data_dir, store.name)
             done_before, total = _plan(report, store, catalog)
@@ -284,7 +285,9 @@ def _retry_failed(
     for pid, items in failures.items():
         images = []
         for f in items:
-            url, problem = normalize_url(f.url, options.catalog.default_scheme)
+            url, problem = normalize_url(
+                f.url, options.catalog.default_scheme, original=options.catalog.original
+            )
             images.append(ImageRef(f.category, f.index, url, problem))
         products.append(Product(pid, {}, tuple(images)))
     count = sum(len(p.images) for p in products)
@@ -333,7 +336,7 @@ def _finish(
         report("pending_saved", count=result.pending)
         report("pending_location", path=store.pending_label)
     elif pending_existed:
-        report("all_done_deleted")
+        report("all_done_deleted" if store.pending_is_file else "all_done")
     else:
         report("all_done")
     return ExitCode.FAILURES if result.failures else ExitCode.OK
@@ -353,6 +356,11 @@ def _summary(report: Reporter, result: RunResult, store: StateStore) -> None:
     )
     if result.failures:
         report("failures_written", count=result.failures, path=store.failures_label)
+        # Imported here: failures_report imports this module.
+        from .failures_report import reason_lines, top_reasons
+
+        for line in reason_lines(top_reasons(store.failures()), report.msg):
+            report.write(line)
 
 
 def _warn_dropped(catalog: Catalog, msg: Messages) -> None:

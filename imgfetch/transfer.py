@@ -17,7 +17,7 @@ from .backends.identity import (
     remove_store_files,
     write_identity,
 )
-from .backends.json_store import JsonStore, dump_json
+from .backends.json_store import JsonStore, dump_json, item_text
 from .catalog import CatalogOptions
 from .errors import ExitCode, StateError, StorageError, UsageError
 from .fsutil import atomic_write_bytes
@@ -93,7 +93,7 @@ def _write_mapping(store: StateStore, path: Path) -> int:
         nonlocal count
         yield b"{"
         for pid, entry in store.iter_mapping():
-            item = dump_json({pid: entry}).rstrip(b"\n")[1:-2]
+            item = item_text(pid, entry, keyed=True)
             yield (b"," if count else b"") + item
             count += 1
         yield b"\n}\n" if count else b"}\n"

@@ -12,6 +12,8 @@ from .base import StateStore
 # name -> "module:Class"; a new store adds one line here and a module beside this one.
 _REGISTRY: dict[str, str] = {
     "json": "imgfetch.backends.json_store:JsonStore",
+    "markers": "imgfetch.backends.markers_store:MarkersStore",
+    "sqlite": "imgfetch.backends.sqlite_store:SqliteStore",
 }
 DEFAULT_BACKEND = "json"
 

@@ -91,6 +91,9 @@ class StateStore(ABC):
 
     name: ClassVar[str]
     durable_on_record: ClassVar[bool]
+    # True when pending work is one file that exists only while work remains (the
+    # spec's pending_tasks.json); the messages then speak of that file.
+    pending_is_file: ClassVar[bool] = False
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir

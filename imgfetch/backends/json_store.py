@@ -30,6 +30,7 @@ class JsonStore(StateStore):
 
     name = "json"
     durable_on_record = False
+    pending_is_file = True
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
@@ -40,6 +41,11 @@ class JsonStore(StateStore):
         self._flush_lock = threading.Lock()
         self._mapping: dict[str, Entry] = {}
         self._pending: dict[str, dict[str, Any]] = {}
+        # Each product's text as it appears in the files, kept between flushes:
+        # json.dumps with indent runs in pure Python, and re-encoding every product
+        # on every flush made a flush of 10k products cost over 100 ms.
+        self._mapping_text: dict[str, bytes] = {}
+        self._pending_text: dict[str, bytes] = {}
         self._failures: dict[str, list[Failure]] = {}
         self._pending_on_disk = False
         self._failures_on_disk = False
@@ -132,7 +138,9 @@ class JsonStore(StateStore):
     ) -> None:
         with self._lock:
             self._mapping[product_id] = {k: list(v) for k, v in entry.items()}
+            self._mapping_text.pop(product_id, None)
             self._pending.pop(product_id, None)
+            self._pending_text.pop(product_id, None)
             if failures:
                 self._failures[product_id] = list(failures)
             else:
@@ -146,10 +154,18 @@ class JsonStore(StateStore):
             with self._lock:
                 if not self._dirty:
                     return
-                mapping = _dump(self._mapping)
-                pending = _dump(list(self._pending.values())) if self._pending else None
+                mapping = _join(b"{", _texts(self._mapping, self._mapping_text), b"}")
+                pending = (
+                    _join(
+                        b"[",
+                        _texts(self._pending, self._pending_text, keyed=False),
+                        b"]",
+                    )
+                    if self._pending
+                    else None
+                )
                 failures = (
-                    _dump(
+                    dump_json(
                         {
                             pid: [f.to_json() for f in fs]
                             for pid, fs in self._failures.items()
@@ -188,8 +204,41 @@ class JsonStore(StateStore):
             self._pending_on_disk = False
 
 
-def _dump(value: Any) -> bytes:
-    return (json.dumps(value, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+def _texts(
+    items: dict[str, Any], cache: dict[str, bytes], *, keyed: bool = True
+) -> list[bytes]:
+    """Each item's text inside its file, from `cache` or encoded now."""
+    texts = []
+    for key, value in items.items():
+        text = cache.get(key)
+        if text is None:
+            text = cache[key] = item_text(key, value, keyed=keyed)
+        texts.append(text)
+    return texts
+
+
+def item_text(key: str, value: Any, *, keyed: bool) -> bytes:
+    """One member of a dumped object (`keyed`) or array, exactly as `dump_json` of
+    the whole would write it: the text between the brackets, with its newline
+    and indentation in front and without the separating comma."""
+    whole = dump_json({key: value} if keyed else [value])
+    return whole.rstrip(b"\n")[1:-2]
+
+
+def _join(opening: bytes, texts: list[bytes], closing: bytes) -> bytes:
+    if not texts:
+        return opening + closing + b"\n"
+    return opening + b",".join(texts) + b"\n" + closing + b"\n"
+
+
+def dump_json(value: Any) -> bytes:
+    text = json.dumps(value, ensure_ascii=False, indent=2) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON input may hold "\\ud800") has no UTF-8 form;
+        # escaped, it is still valid JSON and reads back as the same string.
+        return (json.dumps(value, ensure_ascii=True, indent=2) + "\n").encode()
 
 
 def _load_json(path: Path, kind: type, shape: Text) -> Any:
