@@ -566,6 +566,7 @@ def demo(
         ),
     ] = None,
     workers: Workers = ENGINE_DEFAULTS.workers,
+    backend: Backend = None,
     progress: Progress = ProgressMode.auto,
     lang: LangOpt = LangChoice.auto,
     verbose: Verbose = False,
@@ -589,6 +590,7 @@ def demo(
         workers=workers,
         progress=progress.value,
         msg=_messages(lang),
+        backend=backend and check_backend(backend),
     )
     raise typer.Exit(code)
 

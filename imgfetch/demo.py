@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .backends import DEFAULT_BACKEND
 from .catalog import CatalogOptions
 from .engine import EngineConfig
 from .errors import UsageError
@@ -55,6 +54,7 @@ def run_demo(
     workers: int,
     progress: str,
     msg: Messages,
+    backend: str | None = None,
 ) -> int:
     """Serve the demo catalog and download it; a rerun resumes where it stopped.
 
@@ -64,7 +64,7 @@ def run_demo(
     server = ImageServer(delay=delay, fault_rate=faults, seed=DEMO_SEED)
     _start(server, port, folder / "catalog.json")
     try:
-        return _download(folder, server, products, workers, progress, msg)
+        return _download(folder, server, products, workers, progress, msg, backend)
     finally:
         server.stop()
 
@@ -76,6 +76,7 @@ def _download(
     workers: int,
     progress: str,
     msg: Messages,
+    backend: str | None,
 ) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     catalog_path = folder / "catalog.json"
@@ -91,7 +92,7 @@ def _download(
     report("demo_server", url=server.base_url)
     options = RunOptions(
         data_dir=data_dir,
-        backend=DEFAULT_BACKEND,
+        backend=backend,
         # The demo server speaks plain HTTP; its catalog has //host/... URLs too.
         catalog=CatalogOptions(default_scheme="http"),
         engine=EngineConfig(workers=workers),
