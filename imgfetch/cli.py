@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from . import __version__
+from .access import check_proxy, check_url_option, load_cookies, parse_header
 from .backends import DEFAULT_BACKEND, backend_names, check_backend
 from .catalog import CatalogOptions, parse_field_overrides
 from .console import setup_logging
@@ -22,7 +23,6 @@ from .decode import require_pillow
 from .engine import EngineConfig
 from .errors import EXIT_CODE_TABLE, ExitCode, ImgfetchError, UsageError
 from .fetch import FetchConfig
-from .identity import check_proxy, check_url_option, load_cookies, parse_header
 from .messages import Lang, Messages, Text, detect_lang
 from .progress import line_writer
 from .runner import Reporter, RunOptions, run_download

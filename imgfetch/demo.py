@@ -96,7 +96,8 @@ def _download(
         # The demo server speaks plain HTTP; its catalog has //host/... URLs too.
         catalog=CatalogOptions(default_scheme="http"),
         engine=EngineConfig(workers=workers),
-        fetch=FetchConfig(pool_size=workers, retries=4, backoff=0.2),
+        # One local server: as many connections to it as workers.
+        fetch=FetchConfig(pool_size=workers, per_host=workers, retries=4, backoff=0.2),
         progress=progress,
     )
     return run_download(options, report, catalog_path)

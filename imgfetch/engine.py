@@ -28,6 +28,7 @@ from .fetch import Aborted, Fetcher, ImageFailed, SavedImage
 from .fsutil import fsync_dir
 from .paths import IMAGES_DIR, image_relpath, is_temp_name, product_dir
 from .progress import ProductLine, ProgressView, Tally
+from .redact import redact_url, strip_userinfo
 from .signals import SignalWatcher
 from .sniff import EXTENSIONS
 
@@ -222,7 +223,13 @@ class Engine:
                 self._dirty_dirs.add(folder)
             elif image.problem:
                 run.failures.append(
-                    Failure(image.category, image.index, image.url, image.problem, 0)
+                    Failure(
+                        image.category,
+                        image.index,
+                        strip_userinfo(image.url),
+                        image.problem,
+                        0,
+                    )
                 )
                 self.tally.failed += 1
             else:
@@ -414,17 +421,25 @@ class Engine:
         try:
             return self.fetcher.fetch(image.url, job.run.folder, image.stem)
         except ImageFailed as exc:
+            # The record keeps no password: state files are often shared.
             return Failure(
-                image.category, image.index, image.url, exc.reason, exc.attempts
+                image.category,
+                image.index,
+                strip_userinfo(image.url),
+                exc.reason,
+                exc.attempts,
             )
         except Aborted:
             return SKIPPED
         except OSError as exc:
             return _Fatal(exc)
         except Exception as exc:  # a bug must fail one image, not kill the worker
-            log.exception("unexpected error downloading %s", image.url)
+            log.exception("unexpected error downloading %s", redact_url(image.url))
             return Failure(
-                image.category, image.index, image.url, f"internal error: {exc!r}"
+                image.category,
+                image.index,
+                strip_userinfo(image.url),
+                f"internal error: {type(exc).__name__}",
             )
 
 

@@ -1,14 +1,20 @@
-"""Downloading one image over HTTP: retries, deadlines, validation, atomic save."""
+"""Downloading one image over HTTP: retries, politeness, validation, atomic save.
+
+Every failure is classified. Permanent ones (404, 410, most other 4xx, a body that
+is not an image, too large, a redirect to a non-HTTP URL) fail at once; transient
+ones (timeouts, resets, truncated bodies, 5xx, 429) are retried with backoff until
+`retries` or the image's deadline runs out. The reason stored in the failure
+record starts with `permanent: ` or `transient: ` and never holds a credential.
+"""
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +22,24 @@ import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
+from . import decode
+from .access import HOST_BOUND_HEADERS, load_cookies, referer_for, same_host
+from .classify import (
+    PERMANENT,
+    TRANSIENT,
+    Forbidden,
+    Permanent,
+    Transient,
+    check_fetchable,
+    check_status,
+    connection_reason,
+    first_line,
+    redirect_target,
+    short_cause,
+)
 from .fsutil import commit, temp_file_beside
+from .hosts import HostGate, host_key
+from .redact import redact_text, redact_url
 from .sniff import EXTENSIONS, SNIFF_BYTES, describe_non_image, sniff_format
 
 log = logging.getLogger(__name__)
@@ -30,13 +53,11 @@ DEFAULT_USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/124.0 Safari/537.36"
 )
-# Answers worth another try: the server or a proxy may recover.
-TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 522, 524})
 
 
 @dataclass(frozen=True)
 class FetchConfig:
-    """Network limits for every image; the CLI fills it from options."""
+    """Network limits and identity for every image; the CLI fills it from options."""
 
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
@@ -48,6 +69,13 @@ class FetchConfig:
     max_redirects: int = 10
     user_agent: str = DEFAULT_USER_AGENT
     pool_size: int = 8
+    per_host: int = 4
+    rate: float = 0.0  # requests per second per host; 0 is no limit
+    headers: tuple[tuple[str, str], ...] = ()
+    referer: str | None = None
+    cookies: Path | None = None
+    proxy: str | None = None
+    verify_decode: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,127 +93,235 @@ class ImageFailed(Exception):
     """The image cannot be had; `reason` is what the failure record says."""
 
     def __init__(self, reason: str, attempts: int = 1) -> None:
+        reason = redact_text(reason)
         super().__init__(reason)
         self.reason = reason
         self.attempts = attempts
 
 
-class _Transient(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
+@dataclass
+class _Image:
+    """One image's way through its attempts."""
 
-
-class _Permanent(Exception):
-    pass
+    url: str
+    flipped: bool  # the Referer policy in use (see identity.referer_for)
+    deadline: float | None = None  # set when its first request may start
+    attempts: int = 0
+    transient: int = 0
+    undecodable: int = 0
+    flip_tried: bool = False
+    last: str = "deadline exceeded"
 
 
 class Fetcher:
     """Saves images into folders; shared by all worker threads."""
 
-    def __init__(self, config: FetchConfig, abort: threading.Event) -> None:
+    def __init__(
+        self,
+        config: FetchConfig,
+        abort: threading.Event,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.abort = abort
+        self.clock = clock
+        self.gate = HostGate(config.per_host, config.rate, clock)
         self.session = requests.Session()
-        # One pool slot per worker, or urllib3 discards and reopens connections.
-        adapter = HTTPAdapter(
-            pool_connections=config.pool_size,
-            pool_maxsize=config.pool_size,
-            max_retries=0,
-        )
+        # A pool slot per worker and per connection the gate lets through to one
+        # host, or urllib3 discards connections and opens new ones.
+        size = max(config.pool_size, config.per_host)
+        adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.session.max_redirects = config.max_redirects
         self.session.headers["User-Agent"] = config.user_agent
         self.session.headers["Accept"] = "image/avif,image/webp,image/*,*/*;q=0.8"
+        headers = dict(config.headers)
+        self._referer = config.referer or _pop_header(headers, "Referer")
+        self._headers = headers
+        # Per request, because proxy variables in the environment would override
+        # session.proxies; without --proxy, requests reads the environment.
+        proxy = config.proxy
+        self._proxies = {"http": proxy, "https": proxy} if proxy else None
+        if config.cookies is not None:
+            self.session.cookies.update(load_cookies(config.cookies))
+        if config.verify_decode:
+            decode.require_pillow()
 
     def close(self) -> None:
         self.session.close()
 
     def fetch(self, url: str, folder: Path, stem: str) -> SavedImage:
         """Download `url` to `folder/stem.<ext>`; raise ImageFailed or Aborted."""
-        deadline = time.monotonic() + self.config.deadline
-        attempt = 0
-        last = "deadline exceeded"
+        image = _Image(url, self.gate.referer_flipped(host_key(url)))
         while True:
-            attempt += 1
+            image.attempts += 1
             if self.abort.is_set():
                 raise Aborted
-            if attempt > 1 and deadline - time.monotonic() <= 0:
-                # The retry wait ended late (suspend, overload): no time is left,
-                # and a request with a negative timeout would raise ValueError.
-                raise ImageFailed(
-                    f"{last} (deadline exceeded after {attempt - 1} attempts)",
-                    attempt - 1,
-                )
+            self._check_time_left(image)
+            referer = referer_for(url, self._referer, image.flipped)
             try:
-                return self._attempt(url, folder, stem, deadline)
-            except _Permanent as exc:
-                raise ImageFailed(str(exc), attempt) from None
-            except _Transient as exc:
-                last = exc.reason
-                wait = self._backoff(attempt, exc.retry_after)
-                left = deadline - time.monotonic()
-                if attempt > self.config.retries or wait >= left:
-                    raise ImageFailed(
-                        f"{exc.reason} (gave up after {attempt} attempts)", attempt
-                    ) from None
-                log.info("retrying %s in %.1fs: %s", url, wait, exc.reason)
-                if self.abort.wait(wait):
-                    raise Aborted from None
+                saved = self._attempt(image, folder, stem, referer)
+            except Forbidden as exc:
+                self._flip_referer(image, str(exc))
+            except Permanent as exc:
+                raise ImageFailed(f"{PERMANENT}{exc}", image.attempts) from None
+            except Transient as exc:
+                self._wait_before_retry(image, exc)
+            else:
+                self.gate.remember_referer(host_key(url), image.flipped)
+                return saved
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+    def _check_time_left(self, image: _Image) -> None:
+        if image.deadline is None or image.deadline - self.clock() > 0:
+            return
+        # The retry wait ended late (suspend, overload): no time is left, and a
+        # request with a negative timeout would raise ValueError.
+        done = image.attempts - 1
+        raise ImageFailed(
+            f"{TRANSIENT}{image.last} (deadline exceeded after {done} attempts)", done
+        )
+
+    def _flip_referer(self, image: _Image, reason: str) -> None:
+        if image.flip_tried:
+            raise ImageFailed(
+                f"{PERMANENT}{reason} (with either Referer policy)", image.attempts
+            )
+        image.flip_tried = True
+        image.flipped = not image.flipped
+        log.info(
+            "%s: %s, trying the other Referer policy", redact_url(image.url), reason
+        )
+
+    def _wait_before_retry(self, image: _Image, exc: Transient) -> None:
+        image.last = exc.reason
+        image.transient += 1
+        image.undecodable += exc.undecodable
+        if image.undecodable > 1:
+            # The same bytes twice: the server holds a broken file, not a cut one.
+            raise ImageFailed(f"{PERMANENT}{exc.reason} (twice)", image.attempts)
+        wait = self._backoff(image.transient, exc.retry_after)
+        if exc.throttle is not None:
+            self.gate.pause(exc.throttle, wait)
+            log.info("%s asked to slow down: pausing it %.1fs", exc.throttle, wait)
+        deadline = image.deadline if image.deadline is not None else self.clock()
+        if image.transient > self.config.retries or wait >= deadline - self.clock():
+            raise ImageFailed(
+                f"{TRANSIENT}{exc.reason} (gave up after {image.attempts} attempts)",
+                image.attempts,
+            )
+        log.info("retrying %s in %.1fs: %s", redact_url(image.url), wait, exc.reason)
+        if self.abort.wait(wait):
+            raise Aborted
+
+    def _backoff(self, failures: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.config.max_retry_wait)
-        # Full jitter keeps many workers that failed together from retrying together.
-        ceiling = self.config.backoff * 2 ** (attempt - 1)
+        # Jitter keeps many workers that failed together from retrying together.
+        ceiling = self.config.backoff * 2 ** (failures - 1)
         return min(random.uniform(ceiling / 2, ceiling), self.config.max_retry_wait)
 
+    # -- one attempt: the request, its redirects, the body
+
     def _attempt(
-        self, url: str, folder: Path, stem: str, deadline: float
+        self, image: _Image, folder: Path, stem: str, referer: str | None
     ) -> SavedImage:
-        left = max(deadline - time.monotonic(), 0.001)
+        url = image.url
+        headers = dict(self._headers)
+        if referer:
+            headers["Referer"] = referer
+        # Redirects are followed here, not by requests, to check each hop's scheme
+        # and to pass each hop through its host's gate.
+        for _hop in range(self.config.max_redirects + 1):
+            check_fetchable(url)
+            host = host_key(url)
+            if not self.gate.enter(host, self.abort):
+                raise Aborted
+            try:
+                if image.deadline is None:
+                    image.deadline = self.clock() + self.config.deadline
+                target = self._request(url, headers, host, image.deadline, folder, stem)
+            finally:
+                self.gate.leave(host)
+            if isinstance(target, SavedImage):
+                return target
+            log.debug("%s redirects to %s", redact_url(url), redact_url(target))
+            if not same_host(url, target):
+                headers = {
+                    k: v
+                    for k, v in headers.items()
+                    if k.lower() not in HOST_BOUND_HEADERS
+                }
+            url = target
+        raise Permanent(f"more than {self.config.max_redirects} redirects")
+
+    def _request(
+        self,
+        url: str,
+        headers: dict[str, str],
+        host: str,
+        deadline: float,
+        folder: Path,
+        stem: str,
+    ) -> SavedImage | str:
+        """The saved image, or the URL a redirect points to."""
+        left = deadline - self.clock()
+        if left <= 0:
+            raise Transient("deadline exceeded waiting for the host")
         timeout = (
             min(self.config.connect_timeout, left),
             min(self.config.read_timeout, left),
         )
+        with self._get(url, headers, timeout) as response:
+            target = redirect_target(response, url)
+            if target is not None:
+                return target
+            check_status(response, host)
+            return self._save(response, folder, stem, deadline)
+
+    def _get(
+        self, url: str, headers: dict[str, str], timeout: tuple[float, float]
+    ) -> requests.Response:
         try:
-            with self.session.get(url, stream=True, timeout=timeout) as response:
-                _check_status(response)
-                return self._save(response, folder, stem, deadline)
+            return self.session.get(
+                url,
+                headers=headers,
+                stream=True,
+                timeout=timeout,
+                allow_redirects=False,
+                proxies=self._proxies,
+            )
         except (
             requests.exceptions.InvalidSchema,
             requests.exceptions.InvalidURL,
             requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidHeader,
         ) as exc:
-            raise _Permanent(f"cannot fetch this URL ({_first_line(exc)})") from None
-        except requests.exceptions.TooManyRedirects:
-            raise _Permanent(
-                f"more than {self.config.max_redirects} redirects"
-            ) from None
+            raise Permanent(f"cannot fetch this URL ({first_line(exc)})") from None
         except requests.exceptions.Timeout:
-            raise _Transient("timed out") from None
-        except (
-            requests.exceptions.ConnectionError,
-            requests.exceptions.ChunkedEncodingError,
-            requests.exceptions.ContentDecodingError,
-        ) as exc:
-            raise _Transient(f"connection failed ({_short_cause(exc)})") from None
+            raise Transient("timed out") from None
+        except requests.exceptions.SSLError as exc:
+            cause = short_cause(exc)
+            if "CERTIFICATE_VERIFY_FAILED" in cause:
+                raise Permanent(f"TLS certificate rejected ({cause})") from None
+            raise Transient(f"TLS failed ({cause})") from None
+        except requests.exceptions.ProxyError as exc:
+            raise Transient(f"proxy failed ({short_cause(exc)})") from None
+        except requests.exceptions.RequestException as exc:
+            raise Transient(connection_reason(exc)) from None
 
     def _save(
         self, response: requests.Response, folder: Path, stem: str, deadline: float
     ) -> SavedImage:
         expected = _expected_length(response)
         if expected is not None and expected > self.config.max_bytes:
-            raise _Permanent(f"too large ({expected} bytes > --max-bytes)")
+            raise Permanent(f"too large ({expected} bytes > --max-bytes)")
         chunks = self._body(response, deadline)
         head = _read_head(chunks)
         fmt = sniff_format(head)
         if fmt is None:
             kind = describe_non_image(head)
             ctype = response.headers.get("Content-Type", "none")
-            raise _Permanent(f"not an image: {kind} (Content-Type {ctype})")
+            raise Permanent(f"not an image: {kind} (Content-Type {ctype[:60]})")
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"{stem}.{EXTENSIONS[fmt]}"
         with temp_file_beside(final) as (handle, temp):
@@ -194,10 +330,13 @@ class Fetcher:
             for chunk in _prepend(head, chunks):
                 size += len(chunk)
                 if size > self.config.max_bytes:
-                    raise _Permanent(f"too large (over {self.config.max_bytes} bytes)")
+                    raise Permanent(f"too large (over {self.config.max_bytes} bytes)")
                 handle.write(chunk)
             if expected is not None and size != expected:
-                raise _Transient(f"truncated body ({size} of {expected} bytes)")
+                raise Transient(f"truncated body ({size} of {expected} bytes)")
+            if self.config.verify_decode:
+                handle.flush()
+                _verify(temp, fmt)
             commit(handle, temp, final)
         return SavedImage(final.name, size, fmt)
 
@@ -214,9 +353,9 @@ class Fetcher:
         while True:
             if self.abort.is_set():
                 raise Aborted
-            left = deadline - time.monotonic()
+            left = deadline - self.clock()
             if left <= 0:
-                raise _Transient(DEADLINE_REASON)
+                raise Transient(DEADLINE_REASON)
             # The timeout the deadline imposes, when shorter than the read timeout.
             by_deadline = left < self.config.read_timeout
             if sock is not None:
@@ -231,13 +370,33 @@ class Fetcher:
                     data = raw.read(FALLBACK_CHUNK, decode_content=True)
             except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
                 if by_deadline and sock is not None:
-                    raise _Transient(DEADLINE_REASON) from None
-                raise _Transient("timed out") from None
+                    raise Transient(DEADLINE_REASON) from None
+                raise Transient("timed out") from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise _Transient(f"connection failed ({_short_cause(exc)})") from None
+                raise Transient(connection_reason(exc)) from None
             if not data:
                 return
             yield data
+
+
+def _pop_header(headers: dict[str, str], name: str) -> str | None:
+    for key in list(headers):
+        if key.lower() == name.lower():
+            return headers.pop(key) or None
+    return None
+
+
+def _verify(path: Path, fmt: str) -> None:
+    if not decode.can_verify(fmt):
+        return  # no decoder for it in this Pillow (HEIC without pillow-heif)
+    try:
+        decode.verify(path, fmt)
+    except decode.DecodeFailed as exc:
+        reason = f"cannot decode the image ({exc.detail})"
+        if exc.permanent:
+            raise Permanent(reason) from None
+        # Once transient: a CDN edge may have cached a cut upload and heal.
+        raise Transient(reason, undecodable=True) from None
 
 
 def _socket_of(raw: object) -> socket.socket | None:
@@ -253,30 +412,6 @@ def _prepend(head: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
     yield from chunks
 
 
-def _check_status(response: requests.Response) -> None:
-    status = response.status_code
-    if status == 200:
-        return
-    reason = f"HTTP {status}"
-    if status in TRANSIENT_STATUS:
-        raise _Transient(reason, _retry_after(response))
-    raise _Permanent(reason)
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    """Seconds the server asked us to wait: a number or an HTTP date."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def _expected_length(response: requests.Response) -> int | None:
     # With Content-Encoding the header counts compressed bytes, not what we save.
     if response.headers.get("Content-Encoding", "identity") != "identity":
@@ -285,25 +420,11 @@ def _expected_length(response: requests.Response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _read_head(chunks: object) -> bytes:
+def _read_head(chunks: Iterator[bytes]) -> bytes:
     head = b""
-    iterator = iter(chunks)  # type: ignore[call-overload]
     while len(head) < SNIFF_BYTES:
         try:
-            head += next(iterator)
+            head += next(chunks)
         except StopIteration:
             break
     return head
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-
-
-def _short_cause(exc: BaseException) -> str:
-    # requests wraps urllib3 wraps socket errors; the innermost says what happened.
-    inner: BaseException = exc
-    while inner.__context__ is not None and inner.__context__ is not inner:
-        inner = inner.__context__
-    text = str(inner) or type(inner).__name__
-    return text.splitlines()[0][:160]

@@ -111,6 +111,13 @@ _CATALOG: dict[str, dict[Lang, str]] = {
         "en": "{count} invalid records skipped, first: {first}",
         "zh": "跳过 {count} 条无效记录, 第一条: {first}",
     },
+    "catalog_changed": {
+        "en": (
+            "{path} changed after it was checked: {count} records that no longer "
+            "read were skipped, first: {first}"
+        ),
+        "zh": "{path} 在检查后被修改: 跳过 {count} 条无法再读取的记录, 第一条: {first}",
+    },
     "second_interrupt": {
         "en": "Second interrupt: skipping the wait",
         "zh": "再次收到中断信号: 不再等待",
@@ -499,6 +506,10 @@ _CATALOG: dict[str, dict[Lang, str]] = {
     "reason_too_many_digits": {
         "en": "a number has too many digits to read",
         "zh": "某个数字位数太多, 无法读取",
+    },
+    "reason_too_long": {
+        "en": "record too long (over {size} MiB)",
+        "zh": "记录太长 (超过 {size} MiB)",
     },
     "reason_not_list": {"en": "not a list", "zh": "不是列表"},
     "reason_failure_not_object": {

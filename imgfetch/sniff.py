@@ -78,10 +78,16 @@ def describe_non_image(head: bytes) -> str:
     start = head.removeprefix(b"\xef\xbb\xbf").lstrip()[:16].lower()
     if start.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
         return "an HTML page"
+    # A vector image is not what a catalog's picture slots hold; name it apart
+    # from XML error pages all the same.
+    if start.startswith(b"<svg"):
+        return "an SVG drawing"
     if start.startswith((b"<?xml", b"<error", b"<")):
         return "an XML document"
     if start.startswith((b"{", b"[")):
         return "JSON"
+    if start.startswith(b"%pdf-"):
+        return "a PDF document"
     if not head:
         return "an empty body"
     return "not an image"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import hashlib
+import json
 import socket
 import socketserver
 import struct
 import sys
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -25,6 +29,8 @@ _HTML_PAGE = (
     b"</title></head><body><h1>Please verify you are human</h1><p>Enable "
     b"JavaScript and cookies to continue.</p></body></html>\n"
 )
+
+_JSON_PAGE = json.dumps({"code": 40001, "message": "image not found"}).encode()
 
 _REFERER_DENIED = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error>\n'
@@ -63,6 +69,8 @@ class _Spec:
     location: str | None = None
     referer: str | None = None
     gzip: bool = False
+    page: str | None = None
+    cut: tuple[int, int] | None = None
 
 
 def _target(url_or_path: str) -> str:
@@ -89,6 +97,18 @@ def _seconds(text: str) -> float:
     if not 0 <= value <= STALL_SECONDS:
         raise ValueError(f"duration {value} out of range")
     return value
+
+
+def _cut_param(text: str) -> tuple[int, int]:
+    """LEN[:N]: the first LEN bytes as the whole answer, for N attempts (or all)."""
+    length, _, count = text.partition(":")
+    return int(length), int(count) if count else 2**31
+
+
+def _page_param(text: str) -> str:
+    if text not in _PAGES:
+        raise ValueError(f"unknown page {text!r}")
+    return text
 
 
 def _fmt_for(params: dict[str, str], ext: str) -> str:
@@ -134,6 +154,8 @@ def _parse_target(target: str) -> _Spec:
         location=get("location"),
         referer=get("referer"),
         gzip=get("gzip", "0") not in ("", "0"),
+        page=_page_param(params["page"]) if "page" in params else None,
+        cut=_cut_param(params["cut"]) if "cut" in params else None,
     )
 
 
@@ -149,12 +171,20 @@ def _decrement_redirect(query: str) -> str:
 
 def _body_for(spec: _Spec) -> bytes:
     """The decoded body a successful 200 answer carries."""
-    return _HTML_PAGE if spec.html else image_bytes(spec.name, spec.fmt, spec.size)
+    if spec.html:
+        return _HTML_PAGE
+    if spec.page is not None:
+        return _PAGES[spec.page]
+    return image_bytes(spec.name, spec.fmt, spec.size)
 
 
 # ------------------------------------------------------------------- handler
 
-_FAULT_KINDS = ("503", "500", "reset", "truncate")
+_PAGES = {"html": _HTML_PAGE, "xml": _REFERER_DENIED, "json": _JSON_PAGE}
+# The faults `fault_rate` injects by default, and every kind it can inject: each
+# is transient, so a client that retries ends with every image.
+DEFAULT_FAULTS = ("503", "500", "reset", "truncate")
+FAULT_KINDS = ("503", "500", "429", "429-date", "reset", "truncate", "stall")
 _QUIET_ERRORS = (ConnectionError, TimeoutError)
 
 
@@ -231,8 +261,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         owner = self.server.owner
+        owner._track_concurrency(+1)
+        try:
+            self._answer(owner)
+        finally:
+            owner._track_concurrency(-1)
+
+    def _answer(self, owner: ImageServer) -> None:
         target = _target(self.path)
-        attempt = owner._record(target)
+        # A request target in absolute form ("GET http://host/...") is what a
+        # client sends to a proxy: the server then plays the proxy too.
+        proxied = not self.path.startswith("/")
+        attempt = owner._record(target, dict(self.headers.items()), proxied)
         try:
             spec = _parse_target(target)
         except _NotFound:
@@ -244,6 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
         if spec.stall:
             return self._hang()
         fault = owner._fault_for(target, attempt)
+        if fault == "stall":
+            return self._hang()
         if self._refuse(spec, attempt, fault) or self._redirect(spec):
             return
         self._send_image(spec, attempt, fault)
@@ -256,7 +298,13 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _hang(self) -> None:
-        self.server.stop_event.wait(STALL_SECONDS)
+        # A stalled answer stops counting as in flight: the client gives up on it
+        # at its read timeout, while this thread only ends when the server stops.
+        self.server.owner._track_concurrency(-1)
+        try:
+            self.server.stop_event.wait(STALL_SECONDS)
+        finally:
+            self.server.owner._track_concurrency(+1, peak=False)
         self.close_connection = True
 
     def _refuse(self, spec: _Spec, attempt: int, fault: str | None) -> bool:
@@ -264,7 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
         if spec.status is not None:
             page = f"<html><body><h1>{spec.status}</h1></body></html>\n"
             self._send_simple(spec.status, "text/html", page.encode())
-        elif spec.referer is not None and spec.referer not in self._referer():
+        elif spec.referer is not None and not self._referer_allowed(spec.referer):
             self._send_simple(403, "application/xml", _REFERER_DENIED)
         elif spec.fail is not None and attempt <= spec.fail[1]:
             extra = {"Retry-After": spec.retry_after} if spec.retry_after else {}
@@ -272,12 +320,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_simple(code, "text/plain", f"{code} injected\n".encode(), extra)
         elif fault in ("503", "500"):
             self._send_simple(int(fault), "text/plain", f"{fault} injected\n".encode())
+        elif fault in ("429", "429-date"):
+            wait = "1" if fault == "429" else _http_date(time.time() + 1)
+            self._send_simple(429, "text/plain", b"slow down\n", {"Retry-After": wait})
         else:
             return False
         return True
 
-    def _referer(self) -> str:
-        return self.headers.get("Referer", "")
+    def _referer_allowed(self, wanted: str) -> bool:
+        """`self`: only from this server's own origin; `none`: only without one;
+        anything else: a Referer containing that text."""
+        sent = self.headers.get("Referer", "")
+        if wanted == "self":
+            return sent.startswith(f"{self.server.owner.base_url}/")
+        if wanted == "none":
+            return not sent
+        return wanted in sent
 
     def _redirect(self, spec: _Spec) -> bool:
         if spec.location is not None:
@@ -311,6 +369,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_image(self, spec: _Spec, attempt: int, fault: str | None) -> None:
         body = _body_for(spec)
+        if spec.cut is not None and attempt <= spec.cut[1]:
+            # A cut image framed as a whole one: the length matches what is sent.
+            body = body[: spec.cut[0]]
         headers = {"Content-Type": "image/jpeg" if spec.html else f"image/{spec.fmt}"}
         if spec.gzip:
             body = gzip.compress(body, mtime=0)
@@ -355,25 +416,44 @@ class ImageServer:
     """Threaded HTTP image server bound to 127.0.0.1 only.
 
     `delay` is added before every answer. `fault_rate` is the chance that each of
-    the first two attempts at a URL fails transiently (503, 500, reset mid-body or
-    truncated body), decided from (seed, path?query, attempt) so reruns repeat.
+    the first two attempts at a URL fails transiently, in one of `faults` (by
+    default 503, 500, reset mid-body or truncated body; FAULT_KINDS adds 429 with
+    Retry-After in seconds or as an HTTP date, and a stall), decided from (seed,
+    path?query, attempt) so reruns repeat.
 
     Query parameters of /img/<name>.<ext> (all optional, freely combined):
     fmt, size, delay=S, fail=CODE:N, retry_after=V, status=CODE, stall=1, html=1,
-    truncate=N, reset=N, drip=S, redirect=N, location=URL, referer=SUBSTR, gzip=1.
+    page=html|xml|json (200 with that page, Content-Type image/jpeg), truncate=N,
+    reset=N, cut=LEN[:N] (the first LEN bytes, announced as the whole body),
+    drip=S, redirect=N, location=URL, referer=SUBSTR|self|none, gzip=1. Any other
+    parameter is ignored, so `v=1`, `v=2` serve the same image under several URLs.
+    The server also answers as an HTTP proxy for absolute-form requests.
     """
 
     def __init__(
-        self, *, delay: float = 0.0, fault_rate: float = 0.0, seed: int = 0
+        self,
+        *,
+        delay: float = 0.0,
+        fault_rate: float = 0.0,
+        seed: int = 0,
+        faults: Sequence[str] = DEFAULT_FAULTS,
     ) -> None:
         if delay < 0:
             raise ValueError("delay must be >= 0")
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError("fault_rate must be within [0, 1]")
+        unknown = set(faults) - set(FAULT_KINDS)
+        if unknown or not faults:
+            raise ValueError(f"faults must be some of {FAULT_KINDS}")
         self.delay = delay
         self.fault_rate = fault_rate
         self.seed = seed
+        self.faults = tuple(faults)
         self._counts: dict[str, int] = {}
+        self._headers: dict[str, list[dict[str, str]]] = {}
+        self._proxied = 0
+        self._in_flight = 0
+        self._max_in_flight = 0
         self._counts_lock = threading.Lock()
         self._lifecycle_lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
@@ -462,17 +542,57 @@ class ImageServer:
         with self._counts_lock:
             return sum(self._counts.values())
 
+    def headers_for(self, url_or_path: str) -> list[dict[str, str]]:
+        """The request headers of every request for this path and query, in order."""
+        with self._counts_lock:
+            return list(self._headers.get(_target(url_or_path), []))
+
+    @property
+    def proxied_requests(self) -> int:
+        """How many requests came in proxy (absolute) form."""
+        with self._counts_lock:
+            return self._proxied
+
+    @property
+    def max_concurrency(self) -> int:
+        """The most requests ever being answered at the same time (a stalled one
+        counts only until it starts to stall)."""
+        with self._counts_lock:
+            return self._max_in_flight
+
     def reset_counts(self) -> None:
         """Forget all counts, which also restarts fail=/truncate=/reset= budgets."""
         with self._counts_lock:
             self._counts.clear()
+            self._headers.clear()
+            self._proxied = 0
+            self._max_in_flight = self._in_flight
 
-    def _record(self, target: str) -> int:
+    def _record(
+        self, target: str, headers: dict[str, str] | None = None, proxied: bool = False
+    ) -> int:
         """Count a request and return its 1-based attempt number for the target."""
         with self._counts_lock:
             attempt = self._counts.get(target, 0) + 1
             self._counts[target] = attempt
+            self._headers.setdefault(target, []).append(headers or {})
+            self._proxied += proxied
         return attempt
+
+    def _track_concurrency(self, change: int, peak: bool = True) -> None:
+        with self._counts_lock:
+            self._in_flight += change
+            if peak:
+                self._max_in_flight = max(self._max_in_flight, self._in_flight)
+
+    def planned_failures(self, url_or_path: str) -> int:
+        """How many attempts at this URL `fault_rate` fails before one is served
+        (0, 1 or 2): what a retrying client's extra requests are explained by."""
+        target = _target(url_or_path)
+        count = 0
+        while count < 2 and self._fault_for(target, count + 1) is not None:
+            count += 1
+        return count
 
     def _fault_for(self, target: str, attempt: int) -> str | None:
         """The transient fault, if any, injected into this attempt.
@@ -486,13 +606,14 @@ class ImageServer:
         digest = hashlib.sha256(key).digest()
         if int.from_bytes(digest[:8], "big") / 2**64 >= self.fault_rate:
             return None
-        return _FAULT_KINDS[digest[8] % len(_FAULT_KINDS)]
+        return self.faults[digest[8] % len(self.faults)]
+
+
+def _http_date(timestamp: float) -> str:
+    return email.utils.formatdate(timestamp, usegmt=True)
 
 
 def _param_text(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     return str(value)
-
-
-# ------------------------------------------------------------------- catalog

@@ -56,7 +56,9 @@ class RecordingEvent(threading.Event):
     """An abort Event that records every retry wait and does not really sleep.
 
     Fetcher sleeps between attempts with `abort.wait(seconds)`; recording the
-    argument shows the exact wait chosen without making the test slow.
+    argument shows the exact wait chosen without making the test slow. `clock`
+    is the Fetcher's clock: real time plus every wait skipped, so the host gate
+    sees a pause as over once the worker has "waited" it.
     """
 
     def __init__(self, sleep: bool = False, oversleep: float = 0.0) -> None:
@@ -64,6 +66,10 @@ class RecordingEvent(threading.Event):
         self.waits: list[float] = []
         self.sleep = sleep
         self.oversleep = oversleep
+        self.skipped = 0.0
+
+    def clock(self) -> float:
+        return time.monotonic() + self.skipped
 
     def wait(self, timeout: float | None = None) -> bool:
         if timeout is not None:
@@ -73,6 +79,7 @@ class RecordingEvent(threading.Event):
                 time.sleep(timeout + self.oversleep)
                 return self.is_set()
             if not self.sleep:
+                self.skipped += timeout
                 return self.is_set()
         return super().wait(timeout)
 
@@ -95,6 +102,8 @@ def folder(tmp_path: Path) -> Iterator[Path]:
 
 
 def make(config: FetchConfig = FAST, abort: threading.Event | None = None) -> Fetcher:
+    if isinstance(abort, RecordingEvent):
+        return Fetcher(config, abort, clock=abort.clock)
     return Fetcher(config, abort if abort is not None else threading.Event())
 
 
@@ -309,12 +318,12 @@ def test_retry_after_beyond_the_deadline_gives_up_at_once(
 @pytest.mark.parametrize(
     ("params", "reason"),
     [
-        ({"status": 404}, "HTTP 404"),  # gone for good: no retry
-        ({"status": 410}, "HTTP 410"),  # explicitly gone
-        ({"status": 403}, "HTTP 403"),  # forbidden
-        ({"referer": "shop.example"}, "HTTP 403"),  # hotlink protection (XML body)
-        ({"status": 401}, "HTTP 401"),  # needs credentials we do not have
-        ({"status": 400}, "HTTP 400"),  # the request itself is wrong
+        ({"status": 404}, "permanent: HTTP 404"),  # gone for good: no retry
+        ({"status": 410}, "permanent: HTTP 410"),  # explicitly gone
+        ({"status": 401}, "permanent: HTTP 401"),  # needs credentials we lack
+        ({"status": 400}, "permanent: HTTP 400"),  # the request itself is wrong
+        ({"status": 451}, "permanent: HTTP 451"),  # blocked for legal reasons
+        ({"status": 204}, "permanent: HTTP 204"),  # no content is no image
     ],
 )
 def test_permanent_status_fails_at_once(
@@ -333,7 +342,7 @@ def test_permanent_status_fails_at_once(
 def test_unknown_path_is_a_permanent_404(server: ImageServer, folder: Path) -> None:
     url = f"{server.base_url}/nothing/here.jpg"
     error = fetch_fails(url, folder)
-    assert (error.reason, error.attempts) == ("HTTP 404", 1)
+    assert (error.reason, error.attempts) == ("permanent: HTTP 404", 1)
     assert server.requests_for(url) == 1
 
 
@@ -364,6 +373,38 @@ def test_connection_refused_retried_then_fails(folder: Path) -> None:
     assert error.attempts == 3
     assert "connection failed" in error.reason
     assert "gave up after 3 attempts" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("params", "config", "reason"),
+    [
+        # permanent: one request, no retry
+        ({"status": 404}, {}, "permanent: HTTP 404"),
+        ({"html": 1}, {}, "permanent: not an image: an HTML page"),
+        ({"size": 9000}, {"max_bytes": 8000}, "permanent: too large"),
+        ({"location": "ftp://x.example/a.jpg"}, {}, "permanent: redirect to a ftp:"),
+        # transient: retried until the budget is spent
+        ({"fail": "503:9"}, {}, "transient: HTTP 503 (gave up after 2 attempts)"),
+        ({"fail": "429:9"}, {}, "transient: HTTP 429 (gave up after 2 attempts)"),
+        ({"fail": "408:9"}, {}, "transient: HTTP 408 (gave up after 2 attempts)"),
+        ({"truncate": 9}, {}, "transient: truncated body (1024 bytes missing)"),
+        ({"reset": 9}, {}, "transient: connection failed ("),
+        ({"stall": 1}, {"read_timeout": 0.2}, "transient: timed out (gave up after 2"),
+    ],
+)
+def test_every_reason_says_whether_it_was_permanent_or_transient(
+    server: ImageServer,
+    folder: Path,
+    params: dict[str, Any],
+    config: dict[str, Any],
+    reason: str,
+) -> None:
+    url = server.url("classified", **params)
+    error = fetch_fails(url, folder, replace(FAST, retries=1, **config))
+    assert error.reason.startswith(reason), error.reason
+    expected_attempts = 1 if reason.startswith("permanent") else 2
+    assert error.attempts == expected_attempts
+    assert server.requests_for(url) == expected_attempts
 
 
 # ------------------------------------------------------- broken bodies
@@ -410,6 +451,22 @@ def test_html_answered_200_is_a_failure(server: ImageServer, folder: Path) -> No
     assert "HTML" in error.reason
     assert error.attempts == 1
     assert server.requests_for(url) == 1
+    assert files_in(folder) == []
+
+
+@pytest.mark.parametrize(
+    ("page", "kind"),
+    [("xml", "an XML document"), ("json", "JSON"), ("html", "an HTML page")],
+)
+def test_error_pages_served_as_images_are_named(
+    server: ImageServer, folder: Path, page: str, kind: str
+) -> None:
+    # Status 200 and Content-Type image/jpeg, but the body is an error page.
+    url = server.url("liar", page=page)
+    error = fetch_fails(url, folder)
+    assert error.reason.startswith(f"permanent: not an image: {kind}"), error.reason
+    assert "image/jpeg" in error.reason
+    assert error.attempts == 1
     assert files_in(folder) == []
 
 
@@ -519,7 +576,7 @@ def test_redirect_to_a_file_url_fails_and_reads_nothing(
         url = server.url("evil", location=location)
         error = fetch_fails(url, folder)
         assert error.attempts == 1
-        assert "cannot fetch" in error.reason
+        assert error.reason == "permanent: redirect to a file: URL refused"
         assert server.requests_for(url) == 1
     assert files_in(folder) == []
 
@@ -539,7 +596,39 @@ def test_more_than_max_redirects_fails(server: ImageServer, folder: Path) -> Non
 def test_non_http_url_fails_at_once(folder: Path, url: str) -> None:
     error = fetch_fails(url, folder)
     assert error.attempts == 1
+    scheme = url.partition(":")[0]
+    assert error.reason == f"permanent: cannot fetch a {scheme}: URL"
     assert files_in(folder) == []
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "ftp://mallory:hunter2@ftp.example/a.jpg",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "javascript:alert(1)",
+        "gopher://x.example/",
+    ],
+)
+def test_redirect_to_another_scheme_names_it_but_no_credentials(
+    server: ImageServer, folder: Path, location: str
+) -> None:
+    url = server.url("elsewhere", location=location)
+    error = fetch_fails(url, folder)
+    scheme = location.partition(":")[0]
+    assert error.reason == f"permanent: redirect to a {scheme}: URL refused"
+    assert "hunter2" not in error.reason and "mallory" not in error.reason
+    assert error.attempts == 1
+
+
+def test_relative_redirect_is_resolved_against_the_current_url(
+    server: ImageServer, folder: Path
+) -> None:
+    target = server.url("landing", "png")
+    relative = target.removeprefix(server.base_url)
+    saved = make().fetch(server.url("rel", location=relative), folder, "main_1")
+    assert saved.filename == "main_1.png"
+    assert (folder / saved.filename).read_bytes() == server.expected_bytes(target)
 
 
 # ---------------------------------------------------------- content coding
@@ -724,9 +813,19 @@ def test_saved_file_mode_follows_umask(
 # --------------------------------------------------------- connection pool
 
 
-@pytest.mark.parametrize("size", [1, 5, 32])
-def test_pool_sized_to_pool_size(size: int) -> None:
-    fetcher = make(replace(FAST, pool_size=size))
+@pytest.mark.parametrize(
+    ("pool_size", "per_host", "size"),
+    [
+        (1, 1, 1),
+        (5, 4, 5),
+        (32, 4, 32),
+        (2, 6, 6),  # the gate lets 6 through to one host: 6 connections to keep
+    ],
+)
+def test_pool_holds_a_connection_per_worker_and_per_host_slot(
+    pool_size: int, per_host: int, size: int
+) -> None:
+    fetcher = make(replace(FAST, pool_size=pool_size, per_host=per_host))
     for scheme in ("http://", "https://"):
         adapter = fetcher.session.get_adapter(f"{scheme}img.example.com/a.jpg")
         assert isinstance(adapter, HTTPAdapter)
@@ -740,9 +839,15 @@ def test_pool_sized_to_pool_size(size: int) -> None:
 
 
 def _concurrent_fetches(
-    server: ImageServer, tmp_path: Path, pool_size: int, workers: int
+    server: ImageServer,
+    tmp_path: Path,
+    pool_size: int,
+    workers: int,
+    adapter: HTTPAdapter | None = None,
 ) -> None:
-    fetcher = make(replace(FAST, pool_size=pool_size))
+    fetcher = make(replace(FAST, pool_size=pool_size, per_host=workers))
+    if adapter is not None:
+        fetcher.session.mount("http://", adapter)
     urls = [server.url(f"c{i}", size=4000, delay=0.2) for i in range(workers)]
     threads = [
         threading.Thread(target=fetcher.fetch, args=(u, tmp_path / "c", f"i{n}"))
@@ -765,5 +870,6 @@ def test_pool_keeps_a_connection_per_worker(
     _concurrent_fetches(server, tmp_path, pool_size=6, workers=6)
     assert "pool is full" not in caplog.text
     # The check is able to fail: an undersized pool does discard connections.
-    _concurrent_fetches(server, tmp_path / "small", pool_size=1, workers=6)
+    small = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
+    _concurrent_fetches(server, tmp_path / "small", 1, workers=6, adapter=small)
     assert "pool is full" in caplog.text

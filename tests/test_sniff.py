@@ -138,7 +138,9 @@ def test_image_signature_must_be_at_the_start() -> None:
         (b'  [{"a": 1}]', "JSON"),
         (b"", "an empty body"),
         (b"Not Found", "not an image"),
-        (b"%PDF-1.7", "not an image"),
+        (b"%PDF-1.7", "a PDF document"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg">', "an SVG drawing"),
+        (b"\x00\x01\x02\x03", "not an image"),  # unknown binary
     ],
 )
 def test_describe_non_image(head: bytes, kind: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import http.client
 import socket
@@ -16,7 +17,7 @@ import requests
 
 from imgfetch.demo import demo_catalog
 from imgfetch.testimages import IMAGE_FORMATS, image_bytes
-from imgfetch.testserver import ImageServer
+from imgfetch.testserver import FAULT_KINDS, ImageServer
 
 MAGIC = {
     "jpeg": (0, b"\xff\xd8\xff\xe0"),
@@ -230,6 +231,103 @@ def test_referer(server: ImageServer) -> None:
     assert allowed.content == server.expected_bytes(url)
 
 
+@pytest.mark.parametrize(
+    ("referer", "allowed", "denied"),
+    [
+        # self: only a Referer from the server's own origin
+        ("self", ["{base}/", "{base}/shop/item"], ["", "https://other.example/"]),
+        # none: only without a Referer (refuses hotlinking pages)
+        ("none", [""], ["{base}/", "https://shop.example/"]),
+    ],
+)
+def test_referer_modes(
+    server: ImageServer, referer: str, allowed: list[str], denied: list[str]
+) -> None:
+    url = server.url(f"guarded-{referer}", referer=referer)
+    sent = [(a, 200) for a in allowed] + [(d, 403) for d in denied]
+    for template, status in sent:
+        value = template.format(base=server.base_url)
+        headers = {"Referer": value} if value else {}
+        response = requests.get(url, timeout=5, headers=headers)
+        assert response.status_code == status, value
+    seen = [h.get("Referer", "") for h in server.headers_for(url)]
+    assert seen == [t.format(base=server.base_url) for t, _ in sent]
+
+
+@pytest.mark.parametrize(
+    ("page", "start"), [("html", b"<!DOCTYPE"), ("xml", b"<?xml"), ("json", b"{")]
+)
+def test_error_page_served_as_an_image(
+    server: ImageServer, page: str, start: bytes
+) -> None:
+    url = server.url("page", page=page)
+    response = requests.get(url, timeout=5)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "image/jpeg"
+    assert response.content.startswith(start)
+    assert response.content == server.expected_bytes(url)
+
+
+def test_cut_is_a_short_body_with_a_matching_length(server: ImageServer) -> None:
+    url = server.url("half", "png", 3000, cut="1500:1")
+    first = requests.get(url, timeout=5)  # no error: the framing is right
+    assert first.headers["Content-Length"] == "1500"
+    assert first.content == server.expected_bytes(url)[:1500]
+    second = requests.get(url, timeout=5)
+    assert second.content == server.expected_bytes(url)
+    always = server.url("halved", "png", 3000, cut="100")
+    for _ in range(3):
+        assert (
+            requests.get(always, timeout=5).content
+            == image_bytes("halved", "png", 3000)[:100]
+        )
+
+
+def test_same_image_under_several_urls(server: ImageServer) -> None:
+    urls = [server.url("shared", "webp", 4000, v=n) for n in range(3)]
+    assert len(set(urls)) == 3
+    bodies = {requests.get(u, timeout=5).content for u in urls}
+    assert bodies == {image_bytes("shared", "webp", 4000)}
+    assert all(server.requests_for(u) == 1 for u in urls)
+
+
+def test_headers_are_recorded_per_request(server: ImageServer) -> None:
+    url = server.url("seen")
+    requests.get(url, timeout=5, headers={"X-Probe": "1"})
+    requests.get(url, timeout=5, headers={"X-Probe": "2"})
+    assert [h["X-Probe"] for h in server.headers_for(url)] == ["1", "2"]
+
+
+def test_answers_as_a_proxy_too(server: ImageServer) -> None:
+    # A client told to use the server as its proxy sends absolute URLs for a host
+    # that need not exist; the server answers them as its own.
+    proxies = {"http": server.base_url}
+    url = "http://img.example-cdn.invalid/img/via.png?fmt=png&size=900"
+    before = server.proxied_requests
+    response = requests.get(url, timeout=5, proxies=proxies)
+    assert response.status_code == 200
+    assert response.content == image_bytes("via", "png", 900)
+    assert server.proxied_requests == before + 1
+    assert server.requests_for(url) == 1
+
+
+def test_max_concurrency_counts_overlapping_requests() -> None:
+    with ImageServer() as srv:
+        urls = [srv.url(f"cc{n}", delay=0.3) for n in range(3)]
+        threads = [
+            threading.Thread(target=requests.get, args=(u,), kwargs={"timeout": 5})
+            for u in urls
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert 1 <= srv.max_concurrency <= 3
+        srv.reset_counts()
+        requests.get(srv.url("alone"), timeout=5)
+        assert srv.max_concurrency == 1
+
+
 def test_gzip(server: ImageServer) -> None:
     url = server.url("packed", "bmp", 5000, gzip=1)
     response = requests.get(url, timeout=5, stream=True)
@@ -334,6 +432,53 @@ def test_fault_rate_is_deterministic() -> None:
     outcomes = {cell for row in table for cell in row[:2]}
     assert {"200", "503", "500", "broken"} <= outcomes
     assert "short" not in outcomes
+
+
+def test_every_fault_kind_can_be_injected() -> None:
+    # fault_rate=1 with a single kind: both first attempts fail that way, and the
+    # third is served.
+    for kind in FAULT_KINDS:
+        with ImageServer(fault_rate=1.0, faults=[kind]) as srv:
+            url = srv.url(f"k-{kind}", size=3000)
+            expected = srv.expected_bytes(url)
+            for _ in range(2):
+                assert _fault_seen(url, expected) == _FAULT_LOOK[kind], kind
+            assert requests.get(url, timeout=5).content == expected
+
+
+_FAULT_LOOK = {
+    "503": "503",
+    "500": "500",
+    "429": "429 seconds",
+    "429-date": "429 date",
+    "reset": "broken",
+    "truncate": "broken",
+    "stall": "stalled",
+}
+
+
+def _fault_seen(url: str, expected: bytes) -> str:
+    try:
+        response = requests.get(url, timeout=(5, 0.3))
+    except requests.exceptions.ReadTimeout:
+        return "stalled"
+    except requests.exceptions.RequestException:
+        return "broken"
+    if response.status_code == 429:
+        wait = response.headers["Retry-After"]
+        if wait.isdigit():
+            return "429 seconds"
+        assert email.utils.parsedate_to_datetime(wait).timestamp() > 0
+        return "429 date"
+    assert response.content != expected or response.status_code != 200
+    return str(response.status_code)
+
+
+def test_unknown_fault_kind_rejected() -> None:
+    with pytest.raises(ValueError):
+        ImageServer(faults=["teapot"])
+    with pytest.raises(ValueError):
+        ImageServer(faults=[])
 
 
 # ------------------------------------------------------------------ catalog
