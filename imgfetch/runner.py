@@ -198,7 +198,7 @@ def _run_locked(
             # cleaned, so damaged state changes nothing.
             if not retry_failed:
                 _check_pending(options, store)
-            _clean_temp_files(options.data_dir, report)
+            _clean_temp_files(options.data_dir, store, report)
             report.banner()
             if retry_failed:
                 return _retry_failed(options, report, store, signals)
@@ -230,20 +230,39 @@ def _plan(
     if catalog is None:
         done_before = store.completed_count()
     else:
-        done_before = 0
-        fresh = []
-        for product in catalog.products:
-            if store.is_completed(product.id):
-                done_before += 1
-            else:
-                fresh.append((product.id, product.raw))
-        # Recorded as pending before any download starts, so `resume` finds the
-        # whole of the work even after a kill -9 in the first second. The store
-        # skips products that are pending already.
-        if fresh:
-            store.add_pending(fresh)
-            store.flush()
+        done_before = _queue_new(store, catalog)
+        _warn_changed(catalog, report.msg)
     return done_before, done_before + store.pending_count()
+
+
+# Products handed to the store at once while planning: the catalog is read again
+# product by product, and only this many wait in memory for the store.
+_PENDING_BATCH = 10_000
+
+
+def _queue_new(store: StateStore, catalog: Catalog) -> int:
+    """Add the catalog's products that are not completed to the pending ones;
+    return how many are completed already."""
+    done_before = 0
+    batch: list[tuple[str, dict[str, Any]]] = []
+    added = False
+    for product in catalog.products:
+        if store.is_completed(product.id):
+            done_before += 1
+            continue
+        batch.append((product.id, product.raw))
+        if len(batch) == _PENDING_BATCH:
+            store.add_pending(batch)
+            batch, added = [], True
+    # Recorded as pending before any download starts, so `resume` finds the
+    # whole of the work even after a kill -9 in the first second. The store
+    # skips products that are pending already.
+    if batch:
+        store.add_pending(batch)
+        added = True
+    if added:
+        store.flush()
+    return done_before
 
 
 # Products asked of the store at a time: enough to keep the workers busy, few
@@ -378,9 +397,24 @@ def _warn_dropped(catalog: Catalog, msg: Messages) -> None:
         )
 
 
-def _clean_temp_files(data_dir: Path, report: Reporter) -> None:
-    images = data_dir / IMAGES_DIR
-    removed = remove_stale_temp_files(images) if images.is_dir() else 0
+def _warn_changed(catalog: Catalog, msg: Messages) -> None:
+    """The file changed between the check and the second reading (see catalog)."""
+    if catalog.changed:
+        log.warning(
+            msg(
+                "catalog_changed",
+                path=catalog.path,
+                count=catalog.changed,
+                first=catalog.changed_example,
+            )
+        )
+
+
+def _clean_temp_files(data_dir: Path, store: StateStore, report: Reporter) -> None:
+    folders = [data_dir / IMAGES_DIR]
+    # A store that keeps its files in folders (markers) writes its temp files there.
+    folders += [p for p in store.owned_paths(data_dir) if p.is_dir()]
+    removed = sum(remove_stale_temp_files(f) for f in folders if f.is_dir())
     removed += _remove_top_level_temp_files(data_dir)
     if removed:
         log.info(report.msg("stale_temp_removed", count=removed))

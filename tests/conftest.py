@@ -8,13 +8,18 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from imgfetch.backends import open_store
+from imgfetch.backends.identity import current_store
+from imgfetch.catalog import product_id
 from imgfetch.testserver import ImageServer
 
 CATEGORY_FIELDS = {"main": "main_images", "sku": "sku_images", "qc": "qc_images"}
@@ -27,6 +32,20 @@ def server() -> Iterator[ImageServer]:
         yield srv
 
 
+# Variables the running test wants in every imgfetch child (see `child_env`).
+_CHILD_EXTRA: dict[str, str] = {}
+
+
+@pytest.fixture
+def child_env() -> Iterator[dict[str, str]]:
+    """Variables added to the environment of every imgfetch child this test starts,
+    e.g. IMGFETCH_BACKEND to run the test against one store. The parent's own
+    IMGFETCH_* variables never reach a child; only these do."""
+    _CHILD_EXTRA.clear()
+    yield _CHILD_EXTRA
+    _CHILD_EXTRA.clear()
+
+
 def imgfetch_env(lang: str = "en_US.UTF-8", **extra: str) -> dict[str, str]:
     """A clean environment for a child imgfetch: fixed locale, no colour, no TTY."""
     env = {
@@ -35,6 +54,7 @@ def imgfetch_env(lang: str = "en_US.UTF-8", **extra: str) -> dict[str, str]:
         if not k.startswith(("LC_", "IMGFETCH_")) and k not in ("LANG", "FORCE_COLOR")
     }
     env.update(LANG=lang, PYTHONUNBUFFERED="1", NO_COLOR="1", COLUMNS="200")
+    env.update(_CHILD_EXTRA)
     env.update(extra)
     return env
 
@@ -141,36 +161,111 @@ def urls_of(product: dict[str, Any], category: str) -> list[str]:
     return [v["url"] if isinstance(v, dict) else v for v in value]
 
 
+@dataclass(frozen=True)
+class StoredState:
+    """What a data directory holds, read through the API of the store that owns it."""
+
+    store: str | None  # None: no store has written anything yet
+    mapping: dict[str, dict[str, list[str]]]
+    pending: list[tuple[str, dict[str, Any]]]
+    has_pending: bool
+    failures: dict[str, list[dict[str, Any]]]
+
+    @property
+    def pending_ids(self) -> list[str]:
+        return [pid for pid, _raw in self.pending]
+
+    @property
+    def pending_records(self) -> list[dict[str, Any]]:
+        return [raw for _pid, raw in self.pending]
+
+
+def read_state(data_dir: Path) -> StoredState:
+    """Open the store that owns `data_dir` (read-only, as every store's `open` is)
+    and read everything; a folder no store has written to reads as empty."""
+    name = current_store(data_dir) if data_dir.is_dir() else None
+    if name is None:
+        return StoredState(None, {}, [], False, {})
+    store = open_store(name, data_dir)
+    store.open(lambda record: product_id(record, None))
+    try:
+        return StoredState(
+            store=name,
+            mapping=dict(store.iter_mapping()),
+            pending=store.pending(),
+            has_pending=store.has_pending(),
+            failures={
+                pid: [f.to_json() for f in items]
+                for pid, items in store.failures().items()
+            },
+        )
+    finally:
+        store.close()
+
+
+def assert_export_matches(data_dir: Path, state: StoredState) -> None:
+    """`imgfetch export` (the real CLI) writes what the store API reads."""
+    assert state.store is not None, "nothing to export"
+    with tempfile.TemporaryDirectory(prefix="imgfetch-export-") as folder:
+        target = Path(folder)
+        args = ["export", "--to", str(target), "--data-dir", str(data_dir)]
+        result = run_imgfetch([*args, "--backend", state.store])
+        assert result.returncode == 0, f"export: {result.stdout}\n{result.stderr}"
+        mapping = load_json(target / "image_mapping.json")
+        pending_file = target / "pending_tasks.json"
+        pending = load_json(pending_file) if pending_file.exists() else []
+        failed_file = target / "failed_images.json"
+        failures = load_json(failed_file) if failed_file.exists() else {}
+    assert list(mapping.items()) == list(state.mapping.items()), (
+        f"{state.store}: the exported mapping differs from the store's"
+    )
+    assert pending == state.pending_records, (
+        f"{state.store}: the exported pending list differs from the store's"
+    )
+    assert failures == state.failures, (
+        f"{state.store}: the exported failures differ from the store's"
+    )
+
+
 def assert_consistent(
     data_dir: Path,
     catalog: list[dict[str, Any]],
     server: ImageServer,
     *,
     finished: bool,
+    store: str | None = None,
+    export: bool = False,
 ) -> dict[str, Any]:
     """Check the invariants every run must leave behind, interrupted or not.
 
-    - completed (mapping) and pending are disjoint and together are the catalog;
+    The state is read through the API of the store that owns the folder, so the
+    same checks hold for every store:
+
+    - completed (mapping) and pending are disjoint and together are the catalog,
+      and pending products are stored exactly as the input has them;
     - every mapped file exists inside the data directory and holds exactly the
       bytes the server serves for that URL;
     - no temporary file is left;
-    - when `finished`, the pending file is gone and everything is mapped.
+    - when `finished`, no pending work is stored and everything is mapped;
+    - when `store` is given, the folder belongs to that store (or to none yet);
+    - when `export` is set, `imgfetch export` writes the same state (a subprocess,
+      so only some calls ask for it).
     Returns the mapping.
     """
     by_id = {str(p["id"]): p for p in catalog}
-    mapping_file = data_dir / "image_mapping.json"
-    mapping = load_json(mapping_file) if mapping_file.exists() else {}
-    pending_file = data_dir / "pending_tasks.json"
-    pending = load_json(pending_file) if pending_file.exists() else []
-    pending_ids = [str(p["id"]) for p in pending]
+    state = read_state(data_dir)
+    mapping, pending_ids = state.mapping, state.pending_ids
+    if store is not None:
+        assert state.store in (store, None), f"{data_dir} belongs to {state.store}"
 
     assert not set(mapping) & set(pending_ids), "a product is completed and pending"
     assert len(pending_ids) == len(set(pending_ids)), "a product is pending twice"
     assert set(mapping) | set(pending_ids) == set(by_id), "products were lost"
-    for raw in pending:
-        assert raw == by_id[str(raw["id"])], "pending dict differs from the input"
+    for pid, raw in state.pending:
+        assert pid == str(raw["id"]), f"pending {pid} is stored as {raw['id']}"
+        assert raw == by_id[pid], "pending dict differs from the input"
     if finished:
-        assert not pending_file.exists()
+        assert not state.has_pending, f"{state.store}: pending work is still stored"
         assert set(mapping) == set(by_id)
 
     root = data_dir.resolve()
@@ -187,4 +282,6 @@ def assert_consistent(
                 assert path.read_bytes() == server.expected_bytes(url), rel
     temps = list(data_dir.rglob(".imgfetch-*.tmp"))
     assert not temps, f"temporary files left: {temps}"
+    if export and state.store is not None:
+        assert_export_matches(data_dir, state)
     return mapping

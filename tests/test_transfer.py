@@ -243,13 +243,20 @@ def test_a_killed_migration_leaves_one_usable_store(
     seed = int(os.environ.get("STORE_SEED", random.randrange(10**9)))
     why = f"{source}->{target}, seed {seed} (replay: STORE_SEED={seed})"
     data = tmp_path / "data"
-    make_state(source, data, count=3000)
+    make_state(source, data, count=800)
     before = export(data, tmp_path / "before")
 
     proc = start_imgfetch(
         ["migrate", "--from", source, "--to", target, "--data-dir", str(data)]
     )
-    time.sleep(random.Random(seed).uniform(0.2, 1.5))
+    # Killed while it copies (once the store file names the target) or a little
+    # later, at a moment the seed picks.
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        if "migrating_to" in _read(data / STORE_FILE):
+            break
+        time.sleep(0.005)
+    time.sleep(random.Random(seed).uniform(0, 0.4))
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
 
@@ -263,3 +270,10 @@ def test_a_killed_migration_leaves_one_usable_store(
     assert export(data, tmp_path / "after", "--backend", target) == before, why
     store = open_store(source, data)
     assert not any(path.exists() for path in store.owned_paths(data)), why
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

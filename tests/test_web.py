@@ -33,9 +33,9 @@ from conftest import (
     write_catalog,
 )
 
+from imgfetch.access import load_cookies, parse_header
 from imgfetch.errors import UsageError
 from imgfetch.fetch import FetchConfig, Fetcher, ImageFailed, SavedImage
-from imgfetch.access import load_cookies, parse_header
 from imgfetch.testserver import FAULT_KINDS, ImageServer
 
 FAST = FetchConfig(

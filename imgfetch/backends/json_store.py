@@ -8,12 +8,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..catalog import InvalidRecord, is_category_name, reason_of, undecodable
+from ..catalog import InvalidRecord, reason_of
 from ..errors import StateError, StorageError
 from ..fsutil import atomic_write_bytes
 from ..messages import Text
 from ..paths import FAILED_FILE, MAPPING_FILE, PENDING_FILE
 from .base import Entry, Failure, ProductKey, StateStore
+from .state_files import checked_failure, load_state_json
 
 
 class JsonStore(StateStore):
@@ -63,7 +64,7 @@ class JsonStore(StateStore):
         self._mapping = _load_mapping(self.mapping_path)
         self._failures = _load_failures(self.failed_path)
         self._failures_on_disk = self.failed_path.exists()
-        raw_pending = _load_json(self.pending_path, list, Text("shape_products"))
+        raw_pending = load_state_json(self.pending_path, list, Text("shape_products"))
         self._pending_on_disk = raw_pending is not None
         self._pending = _index_pending(
             self.pending_path, raw_pending or [], product_key
@@ -241,49 +242,6 @@ def dump_json(value: Any) -> bytes:
         return (json.dumps(value, ensure_ascii=True, indent=2) + "\n").encode()
 
 
-def _load_json(path: Path, kind: type, shape: Text) -> Any:
-    """Parse a state file, or None when it does not exist; StateError when damaged."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StateError("state_unreadable", path=path, detail=exc.strerror) from None
-    if not data.strip():
-        raise StateError("state_empty", hint="damaged", path=path, shape=shape)
-    try:
-        # utf-8-sig: a file repaired in an editor that adds a BOM is still fine.
-        value = json.loads(data.decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        raise StateError(
-            "not_utf8", hint="damaged", path=path, offset=exc.start
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise StateError(
-            "invalid_json",
-            hint="damaged",
-            path=path,
-            line=exc.lineno,
-            column=exc.colno,
-            detail=exc.msg,
-        ) from None
-    # RecursionError: nested too deeply; ValueError: an integer beyond Python's
-    # int-from-text digit limit.
-    except (RecursionError, ValueError) as exc:
-        raise StateError(
-            "file_reason", hint="damaged", path=path, reason=undecodable(exc)
-        ) from None
-    if not isinstance(value, kind):
-        raise StateError(
-            "state_top_level",
-            hint="damaged",
-            path=path,
-            kind=type(value).__name__,
-            shape=shape,
-        )
-    return value
-
-
 def _index_pending(
     path: Path, records: list[Any], product_key: ProductKey
 ) -> dict[str, dict[str, Any]]:
@@ -307,7 +265,7 @@ def _index_pending(
 
 
 def _load_mapping(path: Path) -> dict[str, Entry]:
-    mapping = _load_json(path, dict, Text("shape_ids"))
+    mapping = load_state_json(path, dict, Text("shape_ids"))
     if mapping is None:
         return {}
     for pid, entry in mapping.items():
@@ -320,7 +278,7 @@ def _load_mapping(path: Path) -> dict[str, Entry]:
 
 
 def _load_failures(path: Path) -> dict[str, list[Failure]]:
-    raw = _load_json(path, dict, Text("shape_ids"))
+    raw = load_state_json(path, dict, Text("shape_ids"))
     if raw is None:
         return {}
     failures: dict[str, list[Failure]] = {}
@@ -328,7 +286,7 @@ def _load_failures(path: Path) -> dict[str, list[Failure]]:
         try:
             if not isinstance(items, list):
                 raise InvalidRecord("not_list")
-            failures[pid] = [_checked(Failure.from_json(item)) for item in items]
+            failures[pid] = [checked_failure(Failure.from_json(item)) for item in items]
         except ValueError as exc:
             raise StateError(
                 "failures_damaged",
@@ -338,17 +296,3 @@ def _load_failures(path: Path) -> dict[str, list[Failure]]:
                 reason=reason_of(exc),
             ) from None
     return failures
-
-
-def _checked(failure: Failure) -> Failure:
-    """Reject failures that would name a file outside the product's folder.
-
-    The category and index become the file name (`<category>_<index>.<ext>`) when
-    `--retry-failed` fetches the image again, so a hand-edited category such as
-    "../../x" must never get that far.
-    """
-    if not is_category_name(failure.category):
-        raise InvalidRecord("bad_category", category=failure.category)
-    if isinstance(failure.index, bool) or failure.index < 1:
-        raise InvalidRecord("bad_index", index=failure.index)
-    return failure

@@ -15,7 +15,6 @@ from ..catalog import InvalidRecord, reason_of
 from ..errors import ImgfetchError, StateError, StorageError
 from ..fsutil import fsync_dir
 from .base import Entry, Failure, ProductKey, SavedSlot, StateStore, StoreBusy
-from .json_store import _checked
 from .sqlite_schema import (
     COLUMNS,
     SCHEMA,
@@ -36,6 +35,7 @@ from .sqlite_schema import (
     SQL_RECORD_PRODUCT,
     SQL_SAVED,
 )
+from .state_files import checked_failure
 
 DB_FILE = "imgfetch.sqlite3"
 FORMAT = "imgfetch"
@@ -167,7 +167,7 @@ class SqliteStore(StateStore):
                 "attempts": attempts,
             }
             try:
-                item = _checked(Failure.from_json(failure))
+                item = checked_failure(Failure.from_json(failure))
             except ValueError as exc:
                 raise StateError(
                     "failures_damaged",
@@ -191,7 +191,7 @@ class SqliteStore(StateStore):
                 if not isinstance(index, int) or not isinstance(relpath, str):
                     raise InvalidRecord("failure_types")
                 # The category and index name the file, as for a failure.
-                _checked(Failure(category, index, _text(url), ""))
+                checked_failure(Failure(category, index, _text(url), ""))
             except ValueError as exc:
                 raise StateError(
                     "saved_image_damaged",
