@@ -33,7 +33,6 @@ from .classify import (
     check_fetchable,
     check_status,
     connection_reason,
-    first_line,
     redirect_target,
     short_cause,
 )
@@ -290,13 +289,20 @@ class Fetcher:
                 allow_redirects=False,
                 proxies=self._proxies,
             )
+        # Fixed reasons: these exceptions quote the whole URL, which may be huge
+        # or carry credentials.
+        except requests.exceptions.InvalidSchema:
+            raise Permanent("cannot fetch this URL (scheme not supported)") from None
+        except requests.exceptions.InvalidHeader:
+            raise Permanent("cannot send a request header (invalid value)") from None
         except (
-            requests.exceptions.InvalidSchema,
             requests.exceptions.InvalidURL,
             requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidHeader,
-        ) as exc:
-            raise Permanent(f"cannot fetch this URL ({first_line(exc)})") from None
+            # urllib3 raises this past requests for a host it cannot parse (a DNS
+            # label over 63 characters).
+            urllib3.exceptions.LocationParseError,
+        ):
+            raise Permanent("cannot fetch this URL (malformed)") from None
         except requests.exceptions.Timeout:
             raise Transient("timed out") from None
         except requests.exceptions.SSLError as exc:

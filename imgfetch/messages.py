@@ -521,8 +521,14 @@ _CATALOG: dict[str, dict[Lang, str]] = {
         "zh": "某条失败记录缺少 {key!r}",
     },
     "reason_failure_types": {
-        "en": "a failure's url or index has the wrong type",
-        "zh": "某条失败记录的 url 或 index 类型不对",
+        "en": (
+            "a failure's fields have the wrong types (category, url and reason are "
+            "text; index and attempts are whole numbers, 0 or more)"
+        ),
+        "zh": (
+            "某条失败记录的字段类型不对 (category、url、reason 应为文本; "
+            "index、attempts 应为非负整数)"
+        ),
     },
     "reason_bad_category": {
         "en": "category {category!r} is not a category name",

@@ -198,6 +198,7 @@ def _run_locked(
             # cleaned, so damaged state changes nothing.
             if not retry_failed:
                 _check_pending(options, store)
+            _check_failures(store, retry_failed)
             _clean_temp_files(options.data_dir, store, report)
             report.banner()
             if retry_failed:
@@ -275,6 +276,16 @@ def _claimed(store: StateStore, options: CatalogOptions) -> Iterator[Product]:
     while batch := store.claim(_CLAIM_BATCH):
         for _pid, raw in batch:
             yield parse_product(raw, options)
+
+
+def _check_failures(store: StateStore, retry_failed: bool) -> None:
+    """Read the failures (few, and every run rewrites them) and, to retry them,
+    their products' entries, so that stores that check rows as they read them
+    report damage before anything is printed or changed."""
+    failures = store.failures()
+    if retry_failed:
+        for product_id in failures:
+            store.mapping_entry(product_id)
 
 
 def _check_pending(options: RunOptions, store: StateStore) -> None:

@@ -53,9 +53,20 @@ class Failure:
             )
         except KeyError as exc:
             raise InvalidRecord("failure_missing", key=exc.args[0]) from None
-        if not isinstance(failure.url, str) or not isinstance(failure.index, int):
+        # bool is an int to Python, not to a JSON reader.
+        if not (
+            isinstance(failure.category, str)
+            and isinstance(failure.url, str)
+            and isinstance(failure.reason, str)
+            and _is_count(failure.index)
+            and _is_count(failure.attempts)
+        ):
             raise InvalidRecord("failure_types")
         return failure
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class StateStore(ABC):

@@ -14,7 +14,7 @@ from ..fsutil import atomic_write_bytes
 from ..messages import Text
 from ..paths import FAILED_FILE, MAPPING_FILE, PENDING_FILE
 from .base import Entry, Failure, ProductKey, StateStore
-from .state_files import checked_failure, load_state_json
+from .state_files import checked_failure, is_valid_entry, load_state_json
 
 
 class JsonStore(StateStore):
@@ -143,7 +143,9 @@ class JsonStore(StateStore):
             self._pending.pop(product_id, None)
             self._pending_text.pop(product_id, None)
             if failures:
-                self._failures[product_id] = list(failures)
+                self._failures[product_id] = sorted(
+                    failures, key=lambda f: (f.category, f.index)
+                )
             else:
                 self._failures.pop(product_id, None)
             self._dirty = True
@@ -269,10 +271,7 @@ def _load_mapping(path: Path) -> dict[str, Entry]:
     if mapping is None:
         return {}
     for pid, entry in mapping.items():
-        if not isinstance(entry, dict) or not all(
-            isinstance(paths, list) and all(isinstance(p, str) for p in paths)
-            for paths in entry.values()
-        ):
+        if not is_valid_entry(entry):
             raise StateError("mapping_entry", hint="damaged", path=path, pid=pid)
     return mapping
 

@@ -21,7 +21,7 @@ from ..errors import StateError, StorageError
 from ..fsutil import atomic_write_bytes, fsync_dir
 from ..messages import Text
 from .base import Entry, Failure, ProductKey, StateStore
-from .state_files import checked_failure, load_state_json
+from .state_files import checked_failure, is_valid_entry, load_state_json
 
 MARKERS_DIR = "markers"
 # Products per pending batch file, and batch files per pending folder.
@@ -454,10 +454,7 @@ def _read_done(path: Path, digest: str) -> Done | None:
         # Renamed or copied by hand: is_completed would look for it elsewhere.
         raise StateError("marker_misplaced", hint="damaged", path=path, pid=pid)
     entry = data.get("entry")
-    if not isinstance(entry, dict) or not all(
-        isinstance(paths, list) and all(isinstance(p, str) for p in paths)
-        for paths in entry.values()
-    ):
+    if not is_valid_entry(entry):
         raise StateError("mapping_entry", hint="damaged", path=path, pid=pid)
     try:
         items = data.get("failures", [])

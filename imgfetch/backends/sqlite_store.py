@@ -35,7 +35,7 @@ from .sqlite_schema import (
     SQL_RECORD_PRODUCT,
     SQL_SAVED,
 )
-from .state_files import checked_failure
+from .state_files import checked_failure, is_valid_entry
 
 DB_FILE = "imgfetch.sqlite3"
 FORMAT = "imgfetch"
@@ -283,6 +283,10 @@ class SqliteStore(StateStore):
                 # commits on power loss, and the contract promises that a recorded
                 # product survives both.
                 conn.execute("PRAGMA synchronous = FULL")
+                # A completed product's input record (which may hold a password
+                # in a URL) is cleared; without this, builds compiled without
+                # SQLITE_SECURE_DELETE leave its bytes in the file's free space.
+                conn.execute("PRAGMA secure_delete = ON")
                 return conn, self._check_schema(conn)
         except BaseException:
             conn.close()
@@ -467,10 +471,7 @@ class SqliteStore(StateStore):
             entry = _loads(text)
         except ValueError:
             entry = None
-        if not isinstance(entry, dict) or not all(
-            isinstance(paths, list) and all(isinstance(p, str) for p in paths)
-            for paths in entry.values()
-        ):
+        if not is_valid_entry(entry):
             raise StateError(
                 "mapping_entry", hint="damaged_db", path=self.path, pid=product_id
             )

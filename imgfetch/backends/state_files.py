@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..catalog import InvalidRecord, is_category_name, undecodable
@@ -67,3 +67,21 @@ def checked_failure(failure: Failure) -> Failure:
     if isinstance(failure.index, bool) or failure.index < 1:
         raise InvalidRecord("bad_index", index=failure.index)
     return failure
+
+
+def is_valid_entry(entry: Any) -> bool:
+    """A mapping entry: category names to lists of relative paths that stay inside
+    the data directory (a hand-edited "../../x" is damage, not a path to follow)."""
+    return isinstance(entry, dict) and all(
+        is_category_name(category)
+        and isinstance(paths, list)
+        and all(_is_inside(path) for path in paths)
+        for category, paths in entry.items()
+    )
+
+
+def _is_inside(path: Any) -> bool:
+    if not isinstance(path, str) or not path or "\x00" in path:
+        return False
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    return not path.startswith(("/", "\\")) and ".." not in parts and ":" not in path

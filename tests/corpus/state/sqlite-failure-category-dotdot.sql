@@ -1,0 +1,1 @@
+UPDATE failures SET category = '../../x' WHERE product_id = 'p1';
