@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import itertools
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +14,17 @@ from urllib.parse import urlsplit
 from .cdn import original_url
 from .errors import CatalogError, UsageError
 from .messages import Text
+from .records import UnreadableLine, iter_records
 
 ID_FALLBACKS = ("id", "item_id", "product_id", "num_iid", "goods_id")
 DEFAULT_FIELDS = {"main": "main_images", "sku": "sku_images", "qc": "qc_images"}
 URL_KEYS = ("url", "image", "src")
 FETCHABLE_SCHEMES = ("http", "https")
 _CATEGORY_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
-_JSONL_SUFFIXES = (".jsonl", ".ndjson")
+# http(s), an ASCII host name, maybe a port, then the path: urlsplit would accept
+# it as it is, and a catalog holds millions of these (urlsplit and its hostname
+# took half the time of reading one).
+_PLAIN_URL = re.compile(r"https?://[a-z0-9.-]+(?::[0-9]*)?(?:[/?#]|\Z)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,18 +67,56 @@ class CatalogOptions:
 
 @dataclass
 class Catalog:
-    """The products of one input, deduplicated, with what was dropped on the way."""
+    """What checking one input found: how many products, what was dropped, and the
+    products themselves, read again from the file each time `products` is iterated.
 
-    products: list[Product]
+    Only counts are kept between the passes, and a pass holds the set of ids it
+    has seen and one product at a time, whatever the size of the file (#6).
+    """
+
+    path: Path
+    options: CatalogOptions
+    product_count: int = 0  # valid and deduplicated
     duplicates: int = 0
     duplicate_example: str = ""
     invalid: int = 0
     invalid_example: Text | None = None  # where the first invalid record is, and why
+    changed: int = 0  # records a later pass skipped: the file changed after the check
+    changed_example: Text | None = None
+    kept: list[Product] | None = None  # an input that cannot be read twice (a pipe)
 
     @property
     def first_invalid(self) -> str:
         """The first invalid record, in English (logs, tests)."""
         return "" if self.invalid_example is None else str(self.invalid_example)
+
+    @property
+    def products(self) -> CatalogProducts:
+        return CatalogProducts(self)
+
+
+class CatalogProducts:
+    """The valid, deduplicated products of a checked catalog, in input order.
+
+    Every iteration is a new pass over the file, holding one product at a time.
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    def __len__(self) -> int:
+        return self._catalog.product_count
+
+    def __iter__(self) -> Iterator[Product]:
+        return _reread(self._catalog)
+
+    def __getitem__(self, index: int) -> Product:
+        """Reads the file up to `index`: for tests and small catalogs."""
+        position = index + len(self) if index < 0 else index
+        if position >= 0:
+            for product in itertools.islice(self, position, None):
+                return product
+        raise IndexError(index)
 
 
 class InvalidRecord(ValueError):
@@ -122,6 +165,8 @@ def normalize_url(
         url = f"{default_scheme}:{url}"
     if original:
         url = original_url(url)
+    if _PLAIN_URL.match(url):
+        return url, None
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -216,212 +261,89 @@ def parse_product(record: Any, options: CatalogOptions) -> Product:
 def read_catalog(
     path: Path, options: CatalogOptions, *, skip_invalid: bool = False
 ) -> Catalog:
-    """Read and validate a whole catalog; raise CatalogError on the first problem."""
-    # TODO(#6): the whole file and every product stay in memory; a 1M-product
-    # JSON Lines catalog wants streaming (validation first, then a second pass).
-    catalog = Catalog(products=[])
+    """Check a whole catalog in one pass and count what it holds; raise CatalogError
+    on the first problem. Its products are read again when iterated."""
+    catalog = Catalog(path, options)
+    kept: list[Product] | None = None if _rereadable(path) else []
+    # The ids are needed for this pass only; `products` builds its own set.
     seen: set[str] = set()
     for where, record in iter_records(path):
-        if isinstance(record, UnreadableLine):
+        product = _parse(record, options)
+        if isinstance(product, Text):
             if not skip_invalid:
                 raise CatalogError(
                     "catalog_record",
-                    hint="fix_line",
+                    hint="fix_line"
+                    if isinstance(record, UnreadableLine)
+                    else "fix_record",
                     path=path,
                     where=where,
-                    reason=record.reason,
+                    reason=product,
                 )
             catalog.invalid += 1
             catalog.invalid_example = catalog.invalid_example or Text(
-                "at_where", where=where, reason=record.reason
+                "at_where", where=where, reason=product
             )
-            continue
-        try:
-            product = parse_product(record, options)
-        except InvalidRecord as exc:
-            if not skip_invalid:
-                raise CatalogError(
-                    "catalog_record",
-                    hint="fix_record",
-                    path=path,
-                    where=where,
-                    reason=exc.text,
-                ) from None
-            catalog.invalid += 1
-            catalog.invalid_example = catalog.invalid_example or Text(
-                "at_where", where=where, reason=exc.text
-            )
-            continue
-        if product.id in seen:
+        elif product.id in seen:
             catalog.duplicates += 1
             catalog.duplicate_example = catalog.duplicate_example or product.id
-            continue
-        seen.add(product.id)
-        catalog.products.append(product)
+        else:
+            seen.add(product.id)
+            catalog.product_count += 1
+            if kept is not None:
+                kept.append(product)
+    catalog.kept = kept
     return catalog
 
 
-@dataclass(frozen=True)
-class UnreadableLine:
-    """A JSON Lines line that is not JSON: a bad record, not a bad file."""
-
-    reason: Text
-
-
-def iter_records(path: Path) -> Iterator[tuple[Text, Any]]:
-    """Yield (location, record) from a JSON array or, for .jsonl, JSON Lines.
-
-    A JSON Lines line that cannot be decoded is yielded as an UnreadableLine, so
-    the caller decides whether it stops the run; a broken JSON array always does.
-    """
-    text = _read_text(path)
-    if path.suffix.lower() in _JSONL_SUFFIXES:
-        yield from _iter_json_lines(path, text)
-    else:
-        yield from _iter_json_array(path, text)
-
-
-def _read_text(path: Path) -> str:
+def _rereadable(path: Path) -> bool:
+    """A regular file can be read twice; a pipe or FIFO cannot, so its products are
+    kept in memory as they are read (as every catalog's were before #6)."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CatalogError(
-            "input_not_found", hint="pass_catalog", path=str(path)
-        ) from None
-    except IsADirectoryError:
-        raise CatalogError(
-            "input_is_dir", hint="pass_file_inside", path=str(path)
-        ) from None
-    except OSError as exc:
-        raise CatalogError(
-            "input_unreadable", path=str(path), detail=exc.strerror
-        ) from None
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return True  # iter_records says why it cannot be read
+
+
+def _parse(record: Any, options: CatalogOptions) -> Product | Text:
+    """The record as a product, or why it cannot be one."""
+    if isinstance(record, UnreadableLine):
+        return record.reason
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CatalogError(
-            "not_utf8", hint="save_utf8", path=path, offset=exc.start
-        ) from None
+        return parse_product(record, options)
+    except InvalidRecord as exc:
+        return exc.text
 
 
-def _iter_json_lines(path: Path, text: str) -> Iterator[tuple[Text, Any]]:
-    if not text.strip():
-        raise CatalogError("file_empty", hint="expect_json_lines", path=path)
-    # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085, \x1c...,
-    # which JSON strings may hold raw (json.dumps(ensure_ascii=False) writes them).
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            where = Text("at_line_column", line=lineno, column=exc.colno)
-            yield where, UnreadableLine(Text("reason_invalid_json", detail=exc.msg))
-            continue
-        except (RecursionError, ValueError) as exc:
-            yield Text("at_line", line=lineno), UnreadableLine(undecodable(exc))
-            continue
-        yield Text("at_line", line=lineno), record
-
-
-_WS = re.compile(r"\s*")
-
-
-def _iter_json_array(path: Path, text: str) -> Iterator[tuple[Text, Any]]:
-    """Decode the array one element at a time so each error has a line number."""
-    decoder = json.JSONDecoder()
-    pos = _WS.match(text, 0).end()  # type: ignore[union-attr]
-    if pos == len(text):
-        raise CatalogError("file_empty", hint="expect_array", path=path)
-    if text[pos] != "[":
-        _raise_not_array(path, text, pos)
-    pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
-    number, line, counted_to = 0, 1, 0
-    if text.startswith("]", pos):
-        _expect_end(path, text, pos + 1)
+def _reread(catalog: Catalog) -> Iterator[Product]:
+    """The second pass: the products read_catalog counted, deduplicated again."""
+    if catalog.kept is not None:
+        yield from catalog.kept
         return
-    while True:
-        number += 1
-        try:
-            record, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            _raise_json(path, exc)
-        except (RecursionError, ValueError) as exc:
-            _raise_undecodable(path, text.count("\n", 0, pos) + 1, exc)
-        # Count newlines incrementally: recounting from 0 is quadratic in big files.
-        line += text.count("\n", counted_to, pos)
-        counted_to = pos
-        yield Text("at_record", number=number, line=line), record
-        pos = _WS.match(text, end).end()  # type: ignore[union-attr]
-        if text.startswith(",", pos):
-            pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
-            continue
-        if text.startswith("]", pos):
-            _expect_end(path, text, pos + 1)
-            return
-        _raise_json(
-            path, json.JSONDecodeError("Expecting ',' delimiter or ']'", text, pos)
-        )
-
-
-def _raise_not_array(path: Path, text: str, pos: int) -> None:
-    _reject_json_lines(path, text, pos)
+    catalog.changed, catalog.changed_example = 0, None
+    seen: set[str] = set()
+    invalid = 0
+    # A record that the check accepted can fail here only if the file changed in
+    # between (a scraper still appending, an editor saving over it). By now the
+    # run holds the data directory and is queueing work: a crash would leave half
+    # the catalog queued, so what no longer reads is skipped and counted, and the
+    # runner warns about it.
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        _raise_json(path, exc)
-    except (RecursionError, ValueError) as exc:
-        _raise_undecodable(path, text.count("\n", 0, pos) + 1, exc)
-    kind = type(value).__name__
-    raise CatalogError("top_level", hint="write_array", path=path, kind=kind)
+        for where, record in iter_records(catalog.path):
+            product = _parse(record, catalog.options)
+            if isinstance(product, Text):
+                invalid += 1
+                if invalid > catalog.invalid:
+                    _note_changed(
+                        catalog, Text("at_where", where=where, reason=product)
+                    )
+            elif product.id not in seen:
+                seen.add(product.id)
+                yield product
+    except CatalogError as exc:
+        _note_changed(catalog, exc.text)
 
 
-def _reject_json_lines(path: Path, text: str, pos: int) -> None:
-    """An object followed by another object: JSON Lines in a file not named so."""
-    if text[pos] != "{":
-        return
-    try:
-        _first, end = json.JSONDecoder().raw_decode(text, pos)
-    except (RecursionError, ValueError):
-        return
-    nxt = _WS.match(text, end).end()  # type: ignore[union-attr]
-    if "\n" in text[end:nxt] and text.startswith("{", nxt):
-        line = text.count("\n", 0, nxt) + 1
-        raise CatalogError(
-            "looks_like_jsonl", hint="rename_jsonl", path=path, line=line
-        )
-
-
-def _expect_end(path: Path, text: str, pos: int) -> None:
-    pos = _WS.match(text, pos).end()  # type: ignore[union-attr]
-    if pos != len(text):
-        _raise_json(path, json.JSONDecodeError("Extra data", text, pos))
-
-
-def _raise_json(path: Path, exc: json.JSONDecodeError) -> None:
-    raise CatalogError(
-        "invalid_json",
-        hint="fix_json",
-        path=path,
-        line=exc.lineno,
-        column=exc.colno,
-        detail=exc.msg,
-    ) from None
-
-
-def undecodable(exc: BaseException) -> Text:
-    """Why valid-looking JSON could not be decoded (json raises these, not
-    JSONDecodeError, for hostile input)."""
-    if isinstance(exc, RecursionError):
-        return Text("reason_too_deep")
-    return Text("reason_too_many_digits")
-
-
-def _raise_undecodable(path: Path, line: int, exc: BaseException) -> None:
-    raise CatalogError(
-        "undecodable",
-        hint="not_a_catalog",
-        path=path,
-        line=line,
-        reason=undecodable(exc),
-    ) from None
+def _note_changed(catalog: Catalog, example: Text) -> None:
+    catalog.changed += 1
+    catalog.changed_example = catalog.changed_example or example

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import subprocess
+import sys
+import threading
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from imgfetch import records as records_module
 from imgfetch.catalog import (
     DEFAULT_FIELDS,
     CatalogOptions,
@@ -614,3 +622,401 @@ def test_read_catalog_line_numbers_of_a_big_file(tmp_path: Path) -> None:
     with pytest.raises(CatalogError) as info:
         read_catalog(path, OPTS)
     assert f"record 1501 (line {expected_line})" in str(info.value)
+
+
+# ------------------------------------------------------------------- streaming
+
+MiB = 1024 * 1024
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.fixture
+def traced() -> Iterator[None]:
+    """Trace Python's allocations for the test: tracemalloc's peak then counts
+    only what the test itself allocated."""
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        tracemalloc.stop()
+
+
+def traced_peak() -> float:
+    return tracemalloc.get_traced_memory()[1] / MiB
+
+
+def ids_or_error(path: Path) -> list[str] | str:
+    """What read_catalog makes of a file: the product ids, or the error."""
+    try:
+        return [p.id for p in read_catalog(path, OPTS).products]
+    except CatalogError as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [(name, content) for name, content, _ in READ_OK + READ_BAD],
+    ids=[f"ok{n}" for n in range(len(READ_OK))]
+    + [f"bad{n}" for n in range(len(READ_BAD))],
+)
+def test_chunk_boundaries_change_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, content: str | bytes
+) -> None:
+    # Three bytes a read: every token, number, escape, character and BOM of the
+    # tables above is cut somewhere, and every result must stay the same.
+    path = write(tmp_path, name, content)
+    expected = ids_or_error(path)
+    monkeypatch.setattr(records_module, "_CHUNK", 3)
+    assert ids_or_error(path) == expected
+
+
+def write_huge_line(path: Path, size: int) -> None:
+    """JSON Lines: a good line, a line of `size` bytes, a good line; written a
+    chunk at a time (the test must not hold the file either)."""
+    chunk = b"x" * MiB
+    with path.open("wb") as out:
+        out.write(b'{"id": "before"}\n{"id": "huge", "pad": "')
+        for _ in range(size // MiB):
+            out.write(chunk)
+        out.write(b'"}\n{"id": "after"}\n')
+
+
+@pytest.mark.parametrize("size_mib", [100, 200])
+def test_a_huge_json_line_is_refused_without_holding_it(
+    tmp_path: Path, traced: None, size_mib: int
+) -> None:
+    path = tmp_path / "c.jsonl"
+    write_huge_line(path, size_mib * MiB)
+    try:
+        tracemalloc.reset_peak()
+        with pytest.raises(CatalogError) as info:
+            read_catalog(path, OPTS)
+        catalog = read_catalog(path, OPTS, skip_invalid=True)
+        ids = [p.id for p in catalog.products]
+        peak = traced_peak()
+    finally:
+        path.unlink()  # hundreds of MB: not left for pytest's kept temp folders
+    assert "c.jsonl: line 2: record too long (over 64 MiB)" in str(info.value)
+    assert "--skip-invalid" in str(info.value)
+    # --skip-invalid skips that line alone; the next one is still line 3
+    assert ids == ["before", "after"]
+    assert catalog.invalid == 1
+    assert catalog.first_invalid == "line 2: record too long (over 64 MiB)"
+    # At most the 64 MiB limit of the line is ever held, never the line whole.
+    assert peak < 100, f"peak {peak:.0f} MiB for a {size_mib} MiB line"
+
+
+@pytest.fixture
+def small_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1 MiB record limit, read 64 KiB at a time: the limit's edges, cheaply."""
+    monkeypatch.setattr(records_module, "MAX_RECORD_BYTES", MiB)
+    monkeypatch.setattr(records_module, "_CHUNK", 64 * 1024)
+
+
+def padded(pid: str, size: int) -> str:
+    """A record of exactly `size` characters of JSON."""
+    shell = json.dumps({"id": pid, "pad": ""})
+    return json.dumps({"id": pid, "pad": "x" * (size - len(shell))})
+
+
+@pytest.mark.parametrize("name", ["c.json", "c.jsonl"])
+def test_a_record_at_the_limit_is_read(
+    tmp_path: Path, small_limit: None, name: str
+) -> None:
+    records = [padded("a", MiB), padded("b", 10), padded("c", MiB)]
+    text = "\n".join(records) if name == "c.jsonl" else f"[{','.join(records)}]"
+    catalog = read_catalog(write(tmp_path, name, text), OPTS)
+    assert [p.id for p in catalog.products] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        # JSON Lines: a bad line, which --skip-invalid may skip
+        ("c.jsonl", "line 3: record too long (over 1 MiB); fix or remove that line"),
+        # an array cannot be read past it: the file is refused
+        ("c.json", "line 3: record too long (over 1 MiB); fix the file"),
+    ],
+)
+def test_a_record_over_the_limit_is_refused(
+    tmp_path: Path, small_limit: None, name: str, fragment: str
+) -> None:
+    records = [padded("a", 10), padded("b", MiB), padded("c", MiB + 1)]
+    text = "\n".join(records) if name == "c.jsonl" else "[" + ",\n".join(records)
+    with pytest.raises(CatalogError) as info:
+        read_catalog(write(tmp_path, name, text + "\n]"), OPTS)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["c.json", "c.jsonl"])
+def test_a_huge_record_costs_only_the_limit(
+    tmp_path: Path, small_limit: None, traced: None, name: str
+) -> None:
+    # 50 MiB in one record, against a limit of 1 MiB: what is held stays a few
+    # times the limit, whatever the size of the record.
+    path = tmp_path / name
+    with path.open("wb") as out:
+        out.write(b'[{"id": "a"},\n{"id": "b", "x": "' if name == "c.json" else b"")
+        for _ in range(50):
+            out.write(b"x" * MiB)
+    tracemalloc.reset_peak()
+    with pytest.raises(CatalogError) as info:
+        read_catalog(path, OPTS)
+    peak = traced_peak()
+    assert f"line {2 if name == 'c.json' else 1}: record too long" in str(info.value)
+    assert peak < 8, f"peak {peak:.1f} MiB"
+
+
+def test_a_huge_top_level_object_is_named_as_such(
+    tmp_path: Path, small_limit: None
+) -> None:
+    # {"products": [...]} of any size: the message says what the top level is
+    path = write(tmp_path, "c.json", json.dumps({"products": [padded("a", MiB)]}))
+    with pytest.raises(CatalogError) as info:
+        read_catalog(path, OPTS)
+    assert "the top level is dict, not a list of products" in str(info.value)
+
+
+@pytest.mark.parametrize("chunk", [1024 * 1024, 4093])
+@pytest.mark.parametrize(
+    ("broken", "fragment"),
+    [
+        # a syntax error inside a record: json's own line and column
+        ('"id": "p15000",', '"id": "p15000",,'),
+        # a missing comma between two records
+        ('  },\n  {\n    "id": "p15001"', '  }\n  {\n    "id": "p15001"'),
+        # a truncated file
+        ('"id": "p15000"', '"id": "p15000'),
+    ],
+    ids=["syntax", "comma", "truncated"],
+)
+def test_an_error_deep_in_a_big_array_has_its_exact_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    chunk: int,
+    broken: str,
+    fragment: str,
+) -> None:
+    monkeypatch.setattr(records_module, "_CHUNK", chunk)
+    records = [
+        {"id": f"p{i}", "title": "连衣裙\u2028✓", "main_images": [f"{U}{i}.jpg"]}
+        for i in range(20_000)
+    ]
+    text = json.dumps(records, ensure_ascii=False, indent=2)
+    assert len(text.encode()) > 2 * MiB  # several reads even at the real size
+    cut = text.index(broken)
+    text = (
+        text[:cut]
+        + fragment
+        + ("" if broken == '"id": "p15000"' else text[cut + len(broken) :])
+    )
+    with pytest.raises(json.JSONDecodeError) as reference:
+        json.loads(text)
+    with pytest.raises(CatalogError) as info:
+        read_catalog(write(tmp_path, "c.json", text), OPTS)
+    where = f"line {reference.value.lineno}, column {reference.value.colno}"
+    # (json.loads says "Expecting ',' delimiter"; the reader adds "or ']'")
+    assert f"{where}: invalid JSON ({reference.value.msg}" in str(info.value)
+    assert reference.value.lineno > 100_000
+
+
+def test_a_bad_record_deep_in_a_big_array_has_its_number_and_line(
+    tmp_path: Path,
+) -> None:
+    records: list[Any] = [{"id": f"p{i}", "t": "✓" * 50} for i in range(40_000)]
+    records[31_234] = {"title": "no id"}
+    text = json.dumps(records, ensure_ascii=False, indent=1)
+    line = text[: text.index('"title"')].count("\n")  # the line of its "{"
+    with pytest.raises(CatalogError) as info:
+        read_catalog(write(tmp_path, "c.json", text), OPTS)
+    assert f"record 31235 (line {line}): has no product id" in str(info.value)
+
+
+BOM_CASES: list[tuple[str, bytes, list[str]]] = [
+    # JSON Lines with a BOM
+    ("c.jsonl", BOM + b'{"id": "a"}\n{"id": "b"}\n', ["a", "b"]),
+    # an array with a BOM, spread over lines
+    ("c.json", BOM + b'[\n{"id": "a"},\n{"id": "b"}\n]', ["a", "b"]),
+    # only a BOM: an empty file
+    ("c.json", BOM, ["empty"]),
+    ("c.jsonl", BOM + b"\n", ["empty"]),
+    # the BOM is not a column: errors point where an editor shows them
+    ("c.jsonl", BOM + b'{"id": }\n', ["line 1, column 8", "invalid JSON"]),
+    ("c.json", BOM + b'[{"id": }]', ["line 1, column 9", "invalid JSON"]),
+    # bytes are counted in the file, BOM included
+    ("c.json", BOM + b'[{"id": "caf\xe9"}]', ["byte 15", "UTF-8"]),
+    ("c.jsonl", BOM + b'{"id": "caf\xe9"}', ["byte 14", "UTF-8"]),
+    # a second BOM is not skipped
+    ("c.json", BOM + BOM + b"[]", ["line 1, column 1", "invalid JSON"]),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), BOM_CASES)
+def test_byte_order_mark(
+    tmp_path: Path, name: str, content: bytes, expected: list[str]
+) -> None:
+    outcome = ids_or_error(write(tmp_path, name, content))
+    if isinstance(outcome, list):
+        assert outcome == expected
+    else:
+        for fragment in expected:
+            assert fragment in outcome
+
+
+@functools.cache
+def multibyte_catalog(name: str, count: int) -> bytes:
+    records = [{"id": f"p{i}", "title": "夏季新款连衣裙 ✓ 😀"} for i in range(count)]
+    if name.endswith(".jsonl"):
+        text = "\n".join(json.dumps(r, ensure_ascii=False) for r in records)
+    else:
+        text = json.dumps(records, ensure_ascii=False, indent=1)
+    return text.encode()
+
+
+@pytest.mark.parametrize("name", ["c.json", "c.jsonl"])
+@pytest.mark.parametrize("bom", [b"", BOM], ids=["plain", "bom"])
+@pytest.mark.parametrize("bad", [b"\xff", b"\xe5\xa4", b"\xf0\x9f\x98"])
+def test_invalid_utf8_deep_in_a_big_file_is_found_at_its_byte(
+    tmp_path: Path, name: str, bom: bytes, bad: bytes
+) -> None:
+    data = bom + multibyte_catalog(name, 60_000)
+    assert len(data) > 3 * MiB
+    # a stray byte, or a character cut short, in record p45678's id
+    offset = data.index(b'"p45678"') + 1
+    data = data[:offset] + bad + data[offset:]
+    with pytest.raises(CatalogError) as info:
+        read_catalog(write(tmp_path, name, data), OPTS)
+    assert f"byte {offset} is not UTF-8" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["c.json", "c.jsonl"])
+@pytest.mark.parametrize("shift", range(4))
+def test_a_character_cut_by_a_read_is_decoded_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, shift: int
+) -> None:
+    # 4-byte characters at every position relative to the end of a read
+    monkeypatch.setattr(records_module, "_CHUNK", 4096 + shift)
+    data = multibyte_catalog(name, 2000)
+    catalog = read_catalog(write(tmp_path, name, data), OPTS)
+    assert [p.raw["title"] for p in catalog.products] == ["夏季新款连衣裙 ✓ 😀"] * 2000
+
+
+@pytest.mark.parametrize("name", ["c.json", "c.jsonl"])
+def test_a_character_cut_by_the_end_of_the_file(tmp_path: Path, name: str) -> None:
+    data = b'[{"id": "\xe5\xa4' if name == "c.json" else b'{"id": "\xe5\xa4'
+    with pytest.raises(CatalogError) as info:
+        read_catalog(write(tmp_path, name, data), OPTS)
+    offset = data.index(b"\xe5")
+    assert f"byte {offset} is not UTF-8" in str(info.value)
+
+
+# Run in a fresh Python: how much its peak resident memory grows while it checks
+# a catalog and reads every product again (tracemalloc slows this 8-fold).
+MEMORY_CHILD = """
+import resource, sys
+from pathlib import Path
+from imgfetch.catalog import CatalogOptions, read_catalog
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+catalog = read_catalog(Path(sys.argv[1]), CatalogOptions())
+iterated = sum(1 for _ in catalog.products)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(catalog.product_count, iterated, grown / 1024)
+"""
+
+
+def test_reading_a_big_catalog_keeps_memory_flat(tmp_path: Path) -> None:
+    count = 200_000
+    path = tmp_path / "c.jsonl"
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(count):
+            record = {"id": f"p{i:06d}", "title": "连衣裙 " * 20, "main_images": [U]}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    products, iterated, grown = result.stdout.split()
+    assert int(products) == int(iterated) == count
+    # Kept whole (before #6) these products grew it by about 340 MiB; now only
+    # the ids of one pass and one product at a time are held.
+    assert float(grown) < 150, f"grew by {float(grown):.0f} MiB"
+
+
+def test_products_are_read_again_in_input_order(tmp_path: Path) -> None:
+    records = [{"id": "b"}, {"id": "a"}, {"id": "b"}, {"id": "c"}, {"id": "a"}]
+    path = write(tmp_path, "c.jsonl", "\n".join(json.dumps(r) for r in records))
+    catalog = read_catalog(path, OPTS)
+    assert len(catalog.products) == catalog.product_count == 3
+    assert [p.id for p in catalog.products] == ["b", "a", "c"]
+    assert [p.id for p in catalog.products] == ["b", "a", "c"]  # and again
+    assert catalog.products[-1].id == "c"
+    with pytest.raises(IndexError):
+        catalog.products[3]
+
+
+CHANGED: list[tuple[str, str, str, list[str], str]] = [
+    # a record became invalid: skipped, the others still come
+    (
+        "c.jsonl",
+        '{"id": "a"}\n{"id": "b"}\n{"id": "c"}\n',
+        '{"id": "a"}\n{"id": true}\n{"id": "c"}\n',
+        ["a", "c"],
+        "line 2: field 'id' is bool",
+    ),
+    # a line was cut short by a writer still at work
+    (
+        "c.jsonl",
+        '{"id": "a"}\n{"id": "b"}\n',
+        '{"id": "a"}\n{"id": "b", "main',
+        ["a"],
+        "line 2, column 13: invalid JSON",
+    ),
+    # the array was cut short: read as far as it goes
+    (
+        "c.json",
+        '[{"id": "a"},\n{"id": "b"}]',
+        '[{"id": "a"},\n{"id": ',
+        ["a"],
+        "line 2, column 8: invalid JSON",
+    ),
+    # the file is gone
+    ("c.json", '[{"id": "a"}]', "", [], "not found"),
+]
+
+
+@pytest.mark.parametrize(("name", "before", "after", "ids", "first"), CHANGED)
+def test_a_file_changed_after_the_check_is_read_as_far_as_it_goes(
+    tmp_path: Path, name: str, before: str, after: str, ids: list[str], first: str
+) -> None:
+    path = write(tmp_path, name, before)
+    catalog = read_catalog(path, OPTS)
+    if after:
+        path.write_text(after)
+    else:
+        path.unlink()
+    assert [p.id for p in catalog.products] == ids
+    assert catalog.changed == 1
+    assert first in str(catalog.changed_example)
+
+
+def test_skip_invalid_records_are_not_changes(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.jsonl", '{"id": "a"}\n{"id": true}\n{"id": \n')
+    catalog = read_catalog(path, OPTS, skip_invalid=True)
+    assert [p.id for p in catalog.products] == ["a"]
+    assert catalog.invalid == 2 and catalog.changed == 0
+
+
+def test_a_catalog_from_a_pipe_is_read_once(tmp_path: Path) -> None:
+    # A FIFO cannot be read a second time: its products are kept from the check.
+    fifo = tmp_path / "c.jsonl"
+    os.mkfifo(fifo)
+    content = '{"id": "a"}\n{"id": "b"}\n{"id": "a"}\n'
+    writer = threading.Thread(target=fifo.write_text, args=(content,), daemon=True)
+    writer.start()
+    catalog = read_catalog(fifo, OPTS)
+    writer.join(timeout=30)
+    assert [p.id for p in catalog.products] == ["a", "b"]
+    assert [p.id for p in catalog.products] == ["a", "b"]
+    assert catalog.duplicates == 1

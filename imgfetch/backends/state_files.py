@@ -6,7 +6,8 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..catalog import InvalidRecord, is_category_name, undecodable
+from ..catalog import InvalidRecord, is_category_name
+from ..records import undecodable
 from ..errors import StateError
 from ..messages import Text
 from .base import Failure
