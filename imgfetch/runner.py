@@ -209,7 +209,7 @@ def _run_locked(
                 report(key, path=store.pending_label)
                 return ExitCode.OK
             claim_directory(options.data_dir, store.name)
-            done_before, total = _plan(report, store, catalog)
+            done_before, total = _plan(report, store, catalog, signals)
             report("starting")
             result = _engine(options, report, store, signals).run(
                 _claimed(store, options.catalog), total, done_before, merge=False
@@ -220,7 +220,10 @@ def _run_locked(
 
 
 def _plan(
-    report: Reporter, store: StateStore, catalog: Catalog | None
+    report: Reporter,
+    store: StateStore,
+    catalog: Catalog | None,
+    signals: SignalWatcher,
 ) -> tuple[int, int]:
     """Queue the input's new products after the pending ones (the spec's order);
     return how many of the job were done before, and the job's size."""
@@ -231,7 +234,7 @@ def _plan(
     if catalog is None:
         done_before = store.completed_count()
     else:
-        done_before = _queue_new(store, catalog)
+        done_before = _queue_new(store, catalog, signals)
         _warn_changed(catalog, report.msg)
     return done_before, done_before + store.pending_count()
 
@@ -241,9 +244,14 @@ def _plan(
 _PENDING_BATCH = 10_000
 
 
-def _queue_new(store: StateStore, catalog: Catalog) -> int:
+def _queue_new(store: StateStore, catalog: Catalog, signals: SignalWatcher) -> int:
     """Add the catalog's products that are not completed to the pending ones;
-    return how many are completed already."""
+    return how many are completed already.
+
+    Queueing a million products takes a while; a signal stops it between two
+    batches (what was queued is saved, and the engine then stops at once). The
+    next `download` of the same catalog queues the rest.
+    """
     done_before = 0
     batch: list[tuple[str, dict[str, Any]]] = []
     added = False
@@ -255,6 +263,8 @@ def _queue_new(store: StateStore, catalog: Catalog) -> int:
         if len(batch) == _PENDING_BATCH:
             store.add_pending(batch)
             batch, added = [], True
+            if signals.triggered.is_set():
+                break
     # Recorded as pending before any download starts, so `resume` finds the
     # whole of the work even after a kill -9 in the first second. The store
     # skips products that are pending already.
