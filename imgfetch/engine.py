@@ -25,7 +25,7 @@ from .backends.base import Entry, Failure, StateStore
 from .catalog import ImageRef, Product
 from .errors import StorageError
 from .fetch import Aborted, Fetcher, ImageFailed, SavedImage
-from .fsutil import fsync_dir
+from .fsutil import FolderGuard, fsync_dir
 from .paths import IMAGES_DIR, image_relpath, is_temp_name, product_dir
 from .progress import ProductLine, ProgressView, Tally
 from .redact import redact_url, strip_userinfo
@@ -147,6 +147,7 @@ class Engine:
         """
         todo = _Lookahead(iter(products))
         self._total, self._done = total, done_before
+        self._home = _guard(self.data_dir)
         self._start_workers()
         try:
             self.view.begin(total, done_before)
@@ -166,6 +167,7 @@ class Engine:
         finally:
             self.view.end()
             self._stop_workers()
+            self._home.close()
         return RunResult(
             # Only a signal the run stopped for: one that lands after the last
             # product (nothing pending) ends a complete run, not an interrupted one.
@@ -182,6 +184,7 @@ class Engine:
     def _loop(self, todo: _Lookahead, merge: bool) -> bool:
         """Run until everything is done (False) or a signal arrives (True)."""
         while todo or self._outstanding:
+            self._check_home()
             if self.signals.triggered.is_set():
                 return True
             self._dispatch(todo, merge)
@@ -203,13 +206,14 @@ class Engine:
 
     def _start_product(self, product: Product, merge: bool) -> None:
         folder = product_dir(self.data_dir, product.id)
+        _unlink_symlinked_folder(folder)
         entry = self.store.mapping_entry(product.id) if merge else None
         run = _ProductRun(product, folder, merge_into=entry or ({} if merge else None))
         existing = _existing_images(folder)
         known = self.store.saved_images(product.id)
         for image in product.images:
             slot = known.get((image.category, image.index))
-            if slot is not None and slot.url != image.url:
+            if slot is not None and slot.url != strip_userinfo(image.url):
                 # The input changed this image's URL since the file was saved.
                 existing.pop(image.stem, None)
             if image.stem in existing:
@@ -261,8 +265,14 @@ class Engine:
         if isinstance(outcome, SavedImage):
             relpath = image_relpath(run.product.id, image.stem, _ext(outcome.filename))
             run.saved[(image.category, image.index)] = relpath
+            # Without user and password, as in failure records: only the pending
+            # input record holds the URL exactly as given.
             self.store.record_image(
-                run.product.id, image.category, image.index, image.url, relpath
+                run.product.id,
+                image.category,
+                image.index,
+                strip_userinfo(image.url),
+                relpath,
             )
             self.tally.per_category[image.category] += 1
             self.tally.images += 1
@@ -324,6 +334,9 @@ class Engine:
             self._flush()
 
     def _flush(self) -> None:
+        # Never write state into a data directory that replaced the one the run
+        # started in: it would name images that were deleted with the old one.
+        self._check_home()
         began = time.monotonic()
         # Images must be durable before a mapping that names them.
         for folder in self._dirty_dirs:
@@ -338,6 +351,12 @@ class Engine:
         self._since_flush = 0
         self._last_flush = time.monotonic()
         self._flush_cost = self._last_flush - began
+
+    def _check_home(self) -> None:
+        if self._home.moved():
+            raise StorageError(
+                "data_dir_gone", hint="data_dir_gone", path=self.data_dir
+            )
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -468,7 +487,10 @@ def _existing_images(folder: Path) -> dict[str, str]:
     # TODO(#5): stores that keep no per-image state (json, markers) reuse a slot by
     # name alone; if the catalog changed the URL of that slot, the old image is kept.
     try:
-        names = os.listdir(folder)
+        with os.scandir(folder) as entries:
+            # Only regular files: a symlink named main_1.jpg would map a file from
+            # elsewhere on the machine as this product's image.
+            names = [e.name for e in entries if e.is_file(follow_symlinks=False)]
     except (FileNotFoundError, NotADirectoryError):
         return {}
     found = {}
@@ -477,6 +499,23 @@ def _existing_images(folder: Path) -> dict[str, str]:
         if dot and ext in _IMAGE_EXTENSIONS and not is_temp_name(name):
             found[stem] = ext
     return found
+
+
+def _unlink_symlinked_folder(folder: Path) -> None:
+    """Remove a symlink standing where a product's folder belongs.
+
+    imgfetch never makes one; one that was planted (an unpacked archive, another
+    tool) would have images written and read wherever it points, outside the data
+    directory. Only the link goes; what it points at is left alone, and the
+    product's images are fetched into a real folder.
+    """
+    if not folder.is_symlink():
+        return
+    log.warning("%s is a symbolic link: replaced by a folder of its own", folder)
+    try:
+        folder.unlink()
+    except OSError as exc:
+        raise _storage_error(exc, folder) from exc
 
 
 def _build_entry(run: _ProductRun, categories: tuple[str, ...]) -> Entry:
@@ -502,6 +541,15 @@ def _index_of(path: str) -> int:
 
 def _ext(filename: str) -> str:
     return filename.rpartition(".")[2]
+
+
+def _guard(data_dir: Path) -> FolderGuard:
+    try:
+        return FolderGuard(data_dir)
+    except OSError:
+        raise StorageError(
+            "data_dir_gone", hint="data_dir_gone", path=data_dir
+        ) from None
 
 
 def _storage_error(error: OSError, folder: Path) -> StorageError:

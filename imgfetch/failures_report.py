@@ -23,6 +23,7 @@ from .catalog import CatalogOptions
 from .errors import ExitCode, StateError
 from .messages import Messages
 from .progress import line_writer
+from .redact import redact_url
 from .runner import open_state
 
 Format = Literal["table", "json", "csv"]
@@ -178,7 +179,9 @@ def _table(rows: list[FailedImage], msg: Messages, style: box.Box) -> Table:
             RichText(row.product),
             RichText(row.category),
             str(row.index),
-            RichText(row.url),
+            # The table is for eyes (and terminal logs): signed query values are
+            # masked. --json and --csv give the URL as stored, for scripts.
+            RichText(redact_url(row.url)),
             RichText(row.reason),
             str(row.attempts),
         )

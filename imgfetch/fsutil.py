@@ -92,3 +92,39 @@ def remove_stale_temp_files(root: Path) -> int:
                     os.unlink(os.path.join(folder, name))
                     removed += 1
     return removed
+
+
+class FolderGuard:
+    """Tells whether a folder was deleted or replaced since the guard was made.
+
+    `rm -rf` of the data directory during a run would otherwise go unnoticed:
+    folders get recreated on the next write, and state written into the new folder
+    would name images that went with the old one. An open descriptor keeps the old
+    folder's inode allocated, so a new folder can never reuse its number.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            held = os.fstat(self._fd)
+        except OSError:
+            # Folders cannot be opened everywhere (Windows): compare stats alone.
+            held = os.stat(folder)
+        self._identity = (held.st_dev, held.st_ino)
+
+    def moved(self) -> bool:
+        """True when the folder is gone, or its path now names another folder."""
+        try:
+            now = os.stat(self.folder)
+            if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
+                return True
+        except OSError:
+            return True
+        return (now.st_dev, now.st_ino) != self._identity
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -344,6 +344,14 @@ _CATALOG: dict[str, dict[Lang, str]] = {
             "imgfetch migrate --from {found} --to {asked}"
         ),
     },
+    "err_store_symlink": {
+        "en": "{path} is a symbolic link; imgfetch keeps its state only in real files",
+        "zh": "{path} 是符号链接; imgfetch 只在真实文件中保存状态",
+    },
+    "hint_store_symlink": {
+        "en": "replace the link with the file or folder it points to, then run again",
+        "zh": "请用链接指向的文件或目录替换该链接, 然后重新运行",
+    },
     "err_store_file_damaged": {
         "en": '{path} is damaged (expected {{"store": NAME}})',
         "zh": '{path} 已损坏 (应为 {{"store": 名称}})',
@@ -598,6 +606,17 @@ _CATALOG: dict[str, dict[Lang, str]] = {
     "hint_free_space_resume": {
         "en": "free disk space or fix permissions, then run again to resume",
         "zh": "请释放磁盘空间或修正权限, 然后再次运行以继续",
+    },
+    "err_data_dir_gone": {
+        "en": (
+            "data directory {path} was deleted or replaced while imgfetch was "
+            "running; nothing more was written to it"
+        ),
+        "zh": "数据目录 {path} 在 imgfetch 运行时被删除或替换; 之后没有再写入任何内容",
+    },
+    "hint_data_dir_gone": {
+        "en": "run the command again to start over (whole images left are reused)",
+        "zh": "请再次运行该命令从头开始 (目录中留下的完整图片会被复用)",
     },
     "err_state_unreadable": {
         "en": "cannot read {path}: {detail}",

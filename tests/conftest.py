@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -285,3 +286,92 @@ def assert_consistent(
     if export and state.store is not None:
         assert_export_matches(data_dir, state)
     return mapping
+
+
+# ------------------------------------------------------------- added for #5
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("chaos", "random interrupt rounds (tests/test_chaos.py)")
+    group.addoption(
+        "--rounds",
+        type=int,
+        default=None,
+        help="chaos: interrupt rounds in all, spread over the stores (default 60)",
+    )
+    group.addoption(
+        "--chaos-seed",
+        type=int,
+        default=None,
+        help="chaos: run only the series of this seed (replays a failure)",
+    )
+
+
+def injected_faults(server: ImageServer, url: str) -> int:
+    """How many requests for `url` the server answered with an injected fault.
+
+    The server fails only the first and the second attempt at a URL, each with
+    `fault_rate`, decided per attempt number; this asks it about the attempts
+    that have happened.
+    """
+    made = server.requests_for(url)
+    target = urlsplit(url)._replace(scheme="", netloc="").geturl()
+    return sum(server._fault_for(target, n) is not None for n in (1, 2) if n <= made)
+
+
+def assert_recoverable(
+    data_dir: Path,
+    catalog: list[dict[str, Any]],
+    server: ImageServer,
+    *,
+    store: str | None = None,
+    export: bool = False,
+) -> tuple[dict[str, Any], list[Path]]:
+    """The invariants a process killed at any instant (kill -9) must leave.
+
+    The same as `assert_consistent` with `finished=False`, except that temporary
+    files may be left (the next start removes them; they are returned so the
+    caller can check that it does) and that a run stopped before it stored any
+    work may leave no state at all. Once work is stored, completed and pending
+    together are the whole catalog. Returns the mapping and the temporary files.
+    """
+    by_id = {str(p["id"]): p for p in catalog}
+    state = read_state(data_dir)
+    mapping, pending_ids = state.mapping, state.pending_ids
+    if store is not None:
+        assert state.store in (store, None), f"{data_dir} belongs to {state.store}"
+    assert not set(mapping) & set(pending_ids), "a product is completed and pending"
+    assert len(pending_ids) == len(set(pending_ids)), "a product is pending twice"
+    if mapping or state.has_pending:
+        assert set(mapping) | set(pending_ids) == set(by_id), "products were lost"
+    for pid, raw in state.pending:
+        assert raw == by_id[pid], f"pending {pid} differs from the input"
+    assert_mapped_files(data_dir, by_id, mapping, server)
+    if export and state.store is not None:
+        assert_export_matches(data_dir, state)
+    return mapping, sorted(data_dir.rglob(".imgfetch-*.tmp"))
+
+
+def assert_mapped_files(
+    data_dir: Path,
+    by_id: dict[str, dict[str, Any]],
+    mapping: dict[str, Any],
+    server: ImageServer,
+) -> None:
+    """Every mapped file is inside `data_dir`, named for its category and place,
+    and holds exactly the bytes the server serves for that place's URL."""
+    root = data_dir.resolve()
+    for pid, entry in mapping.items():
+        assert pid in by_id, f"{pid} is mapped but not in the catalog"
+        assert set(entry) >= set(CATEGORY_FIELDS), f"{pid}: {entry}"
+        for category, paths in entry.items():
+            urls = urls_of(by_id[pid], category)
+            for rel in paths:
+                path = (data_dir / rel).resolve()
+                assert path.is_relative_to(root), rel
+                match = _INDEX.match(path.name)
+                assert match and match["cat"] == category, rel
+                url = urls[int(match["n"]) - 1]
+                assert path.read_bytes() == server.expected_bytes(url), (
+                    f"{rel} does not hold the bytes served for {url}"
+                )

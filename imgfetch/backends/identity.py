@@ -121,6 +121,10 @@ def choose_store(data_dir: Path, requested: str | None) -> str:
             found=found,
             asked=chosen,
         )
+    for path in store_class(chosen).owned_paths(data_dir):
+        # A planted link would make the store write wherever it points.
+        if path.is_symlink():
+            raise StateError("store_symlink", hint="store_symlink", path=path)
     return chosen
 
 

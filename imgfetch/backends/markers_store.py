@@ -300,7 +300,11 @@ class MarkersStore(StateStore):
             # writer may be making the same folder at this moment: sync every level
             # up to the data directory either way, or this marker might not be
             # durable when the call returns.
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # Folders below the data directory only: one deleted mid-run must not
+            # come back holding markers of images that were deleted with it.
+            below = path.parent.relative_to(self.data_dir).parts
+            for depth in range(1, len(below) + 1):
+                self.data_dir.joinpath(*below[:depth]).mkdir(exist_ok=True)
             for folder in [path.parent, *path.parent.parents]:
                 if folder == self.data_dir:
                     break

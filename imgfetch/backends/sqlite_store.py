@@ -266,11 +266,9 @@ class SqliteStore(StateStore):
     def _connect(self, create: bool) -> tuple[sqlite3.Connection, bool]:
         """A connection to the database and whether it has imgfetch's tables;
         StateError when the file is not an imgfetch database of this version."""
-        # mode=rw: open must never create the file, even if it vanished just now.
-        uri = f"{self.path.absolute().as_uri()}?mode={'rwc' if create else 'rw'}"
         with self._errors(writing=create):
             conn = sqlite3.connect(
-                uri,
+                self._uri(create),
                 uri=True,
                 timeout=BUSY_TIMEOUT_SECONDS,
                 isolation_level=None,  # transactions are begun explicitly
@@ -291,6 +289,20 @@ class SqliteStore(StateStore):
         except BaseException:
             conn.close()
             raise
+
+    def _uri(self, create: bool) -> str:
+        uri = self.path.absolute().as_uri()
+        if create:
+            return f"{uri}?mode=rwc"
+        if not _read_only_mount(self.data_dir):
+            # mode=rw: open must never create the file, even if it vanished just now.
+            return f"{uri}?mode=rw"
+        # A read-only mount (a snapshot, a backup) cannot hold the -shm file that
+        # a reader of a WAL database makes. Without a log, the database file is
+        # the whole state and nothing can change it: it is opened as immutable.
+        if self.wal_path.exists():
+            return f"{uri}?mode=ro"
+        return f"{uri}?mode=ro&immutable=1"
 
     def _check_schema(self, conn: sqlite3.Connection) -> bool:
         tables: dict[str, set[str]] = {}
@@ -491,6 +503,13 @@ class SqliteStore(StateStore):
                 reason=reason_of(exc),
             ) from None
         return record
+
+
+def _read_only_mount(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):  # no statvfs (Windows), or no folder
+        return False
 
 
 def _storage_error(data_dir: Path, detail: OSError | str) -> StorageError:
