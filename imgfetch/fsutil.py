@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from .paths import TEMP_PREFIX, TEMP_SUFFIX, is_temp_name
 
@@ -52,11 +54,45 @@ def temp_file_beside(path: Path) -> Iterator[tuple[IO[bytes], Path]]:
             temp.unlink()
 
 
-def commit(handle: IO[bytes], temp: Path, path: Path) -> None:
-    """Make the temporary file durable and move it to its final name atomically."""
+def commit(handle: IO[bytes], temp: Path, path: Path, *, sync: bool = True) -> None:
+    """Move the temporary file to its final name atomically; made durable first
+    unless the caller syncs a batch of them later (`sync_filesystem`)."""
     handle.flush()
-    os.fsync(handle.fileno())
+    if sync:
+        os.fsync(handle.fileno())
     os.replace(temp, path)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    syncfs.argtypes = [ctypes.c_int]
+    return cast(Callable[[int], int], syncfs)
+
+
+_SYNCFS = _load_syncfs()
+# Images are synced a batch at a time where the OS can sync a whole file system
+# in one call; an fsync per image was a fifth of the loopback run's time.
+BATCH_SYNC = _SYNCFS is not None or hasattr(os, "sync")
+
+
+def sync_filesystem(folder: Path) -> None:
+    """Make everything written on `folder`'s file system durable (syncfs on
+    Linux, sync elsewhere); used before state names a batch of new images."""
+    if _SYNCFS is None:
+        os.sync()
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(folder))
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -94,37 +130,51 @@ def remove_stale_temp_files(root: Path) -> int:
     return removed
 
 
-class FolderGuard:
-    """Tells whether a folder was deleted or replaced since the guard was made.
+class PathGuard:
+    """Tells whether files or folders were deleted or replaced since it was made.
 
     `rm -rf` of the data directory during a run would otherwise go unnoticed:
     folders get recreated on the next write, and state written into the new folder
-    would name images that went with the old one. An open descriptor keeps the old
-    folder's inode allocated, so a new folder can never reuse its number.
+    would name images that went with the old one. Open descriptors keep the old
+    inodes allocated, so a new file or folder can never reuse their numbers.
     """
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._fd: int | None = None
+    def __init__(self, paths: list[Path]) -> None:
+        self._held: list[tuple[Path, int | None, tuple[int, int]]] = []
         try:
-            self._fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-            held = os.fstat(self._fd)
+            for path in paths:
+                self._held.append(_hold(path))
         except OSError:
-            # Folders cannot be opened everywhere (Windows): compare stats alone.
-            held = os.stat(folder)
-        self._identity = (held.st_dev, held.st_ino)
+            self.close()
+            raise
 
     def moved(self) -> bool:
-        """True when the folder is gone, or its path now names another folder."""
-        try:
-            now = os.stat(self.folder)
-            if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
+        """True when a path is gone, or now names another file or folder."""
+        for path, fd, identity in self._held:
+            try:
+                now = os.stat(path)
+                if fd is not None and os.fstat(fd).st_nlink == 0:
+                    return True
+            except OSError:
                 return True
-        except OSError:
-            return True
-        return (now.st_dev, now.st_ino) != self._identity
+            if (now.st_dev, now.st_ino) != identity:
+                return True
+        return False
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for _path, fd, _identity in self._held:
+            if fd is not None:
+                os.close(fd)
+        self._held = []
+
+
+def _hold(path: Path) -> tuple[Path, int | None, tuple[int, int]]:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    try:
+        fd: int | None = os.open(path, flags)
+    except OSError:
+        if not path.exists():
+            raise
+        fd = None  # folders cannot be opened everywhere (Windows): stats alone
+    held = os.fstat(fd) if fd is not None else os.stat(path)
+    return path, fd, (held.st_dev, held.st_ino)

@@ -59,6 +59,14 @@ _STORAGE_CODES = {
     sqlite3.SQLITE_NOLFS,
 }
 
+# A reader of a WAL database needs room for its shared-memory file (-shm): on a
+# full disk even a read fails, and that is the disk's fault, not the state's.
+_SHM_CODES = {
+    sqlite3.SQLITE_IOERR_SHMOPEN,
+    sqlite3.SQLITE_IOERR_SHMSIZE,
+    sqlite3.SQLITE_IOERR_SHMMAP,
+}
+
 Row = tuple[Any, ...]
 
 
@@ -81,6 +89,10 @@ class SqliteStore(StateStore):
         self.wal_path = data_dir / f"{DB_FILE}-wal"
         self._lock = threading.Lock()
         self._claim_lock = threading.Lock()
+        # Saved images wait here for the next transaction: one per image cost
+        # about 1 ms of the engine's main thread (see record_image).
+        self._images: list[tuple[Any, ...]] = []
+        self._images_lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._has_schema = False  # False for a database still without tables
         self._prepared = False  # WAL mode and tables checked since the last open
@@ -104,6 +116,11 @@ class SqliteStore(StateStore):
             self._conn, self._has_schema = self._connect(create=False)
 
     def close(self) -> None:
+        if self._images:
+            # Advisory rows: worth keeping, not worth failing a close for.
+            with contextlib.suppress(ImgfetchError):
+                with self._write() as conn:
+                    self._write_images(conn)
         with self._lock:
             self._disconnect()
 
@@ -183,6 +200,9 @@ class SqliteStore(StateStore):
         return self._count(SQL_FAILURE_COUNT)
 
     def saved_images(self, product_id: str) -> dict[tuple[str, int], SavedSlot]:
+        if self._images:
+            with self._write() as conn:
+                self._write_images(conn)
         saved = {}
         for category, index, url, relpath in self._query(
             SQL_SAVED, (_bind(product_id),)
@@ -216,10 +236,15 @@ class SqliteStore(StateStore):
         self, product_id: str, category: str, index: int, url: str, relpath: str
     ) -> None:
         row = (_bind(product_id), category, index, _bind(url), relpath)
-        # Advisory (see StateStore): committed now, but synced to disk with the
-        # next record or flush, so that an image costs a write and not a sync.
-        with self._write(synced=False) as conn:
-            conn.execute(SQL_RECORD_IMAGE, row)
+        # Advisory (see StateStore): written with the next record or flush, so
+        # that an image costs an append and not a transaction.
+        with self._images_lock:
+            self._images.append(row)
+
+    def _write_images(self, conn: sqlite3.Connection) -> None:
+        with self._images_lock:
+            rows, self._images = self._images, []
+        conn.executemany(SQL_RECORD_IMAGE, rows)
 
     def record_product(
         self, product_id: str, entry: Entry, failures: list[Failure]
@@ -238,6 +263,7 @@ class SqliteStore(StateStore):
         if not rows:
             return
         with self._write() as conn:
+            self._write_images(conn)
             for pid, entry_json, failed in rows:
                 conn.execute(SQL_RECORD_PRODUCT, (pid, entry_json))
                 # The entry names the saved images now.
@@ -249,6 +275,9 @@ class SqliteStore(StateStore):
         # Everything but images is synced already. A run that recorded nothing
         # still creates the database, so the closing report names a file that
         # exists.
+        if self._images:
+            with self._write() as conn:
+                self._write_images(conn)
         with self._lock, self._errors(writing=True):
             self._writable()
             if self._unsynced:
@@ -458,7 +487,8 @@ class SqliteStore(StateStore):
         self, exc: sqlite3.Error, writing: bool
     ) -> ImgfetchError | StoreBusy | None:
         """The error to raise for a failure of SQLite; None for a bug of ours."""
-        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        extended = getattr(exc, "sqlite_errorcode", None) or 0
+        code = extended & 0xFF
         detail = str(exc)
         if code in _BUSY_CODES:
             return StoreBusy(f"{self.path}: {detail}")
@@ -470,6 +500,8 @@ class SqliteStore(StateStore):
             return StateError(
                 "state_db_damaged", hint="damaged_db", path=self.path, detail=detail
             )
+        if extended in _SHM_CODES:
+            return _storage_error(self.data_dir, f"{detail} ({self.path.name}-shm)")
         if code in _STORAGE_CODES and writing:
             return _storage_error(self.data_dir, detail)
         if code in _STORAGE_CODES:
