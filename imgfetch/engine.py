@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends.base import Entry, Failure, StateStore
+from .backends.identity import remove_store_files
 from .catalog import ImageRef, Product
 from .errors import StorageError
 from .fetch import Aborted, Fetcher, ImageFailed, SavedImage
-from .fsutil import FolderGuard, fsync_dir
-from .paths import IMAGES_DIR, image_relpath, is_temp_name, product_dir
+from .fsutil import BATCH_SYNC, PathGuard, fsync_dir, sync_filesystem
+from .paths import IMAGES_DIR, LOCK_FILE, image_relpath, is_temp_name, product_dir
 from .progress import ProductLine, ProgressView, Tally
 from .redact import redact_url, strip_userinfo
 from .signals import SignalWatcher
-from .sniff import EXTENSIONS
+from .sniff import EXTENSIONS, SNIFF_BYTES, sniff_format
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ class Engine:
             # Keep what was recorded before the disk filled up, if it still fits.
             self.stop_starting.set()
             self.fetcher.abort.set()
+            # A write that failed because the folder went away: say that.
+            self._check_home()
             with contextlib.suppress(StorageError):
                 self._flush()
             raise
@@ -339,9 +342,11 @@ class Engine:
         self._check_home()
         began = time.monotonic()
         # Images must be durable before a mapping that names them.
-        for folder in self._dirty_dirs:
-            fsync_dir(folder)
-        if self._dirty_dirs:
+        if self._dirty_dirs and BATCH_SYNC:
+            sync_filesystem(self.data_dir)  # their data and their folders at once
+        elif self._dirty_dirs:
+            for folder in self._dirty_dirs:
+                fsync_dir(folder)
             fsync_dir(self.data_dir / IMAGES_DIR)
         self._dirty_dirs.clear()
         if self._finished:
@@ -353,10 +358,15 @@ class Engine:
         self._flush_cost = self._last_flush - began
 
     def _check_home(self) -> None:
-        if self._home.moved():
-            raise StorageError(
-                "data_dir_gone", hint="data_dir_gone", path=self.data_dir
-            )
+        if not self._home.moved():
+            return
+        if self._home.unchanged(self.data_dir):
+            # The folder is still there, its lock file is not: an `rm -rf` that
+            # could not remove the folder itself. State files we wrote while it
+            # ran may name images it deleted; the next run starts over without.
+            with contextlib.suppress(StorageError):
+                remove_store_files(self.data_dir, self.store.name)
+        raise _gone(self.data_dir)
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -484,8 +494,10 @@ class _Lookahead:
 
 def _existing_images(folder: Path) -> dict[str, str]:
     """Stems already saved in a product's folder, with their extensions."""
-    # TODO(#5): stores that keep no per-image state (json, markers) reuse a slot by
-    # name alone; if the catalog changed the URL of that slot, the old image is kept.
+    # TODO(#5): json and markers keep no per-image URLs and reuse a file by its
+    # name alone. Pending products resume from their stored records, so this only
+    # matters when a product's state was lost but its files were not (state files
+    # removed by hand, then the catalog edited): the old image is kept.
     try:
         with os.scandir(folder) as entries:
             # Only regular files: a symlink named main_1.jpg would map a file from
@@ -497,8 +509,22 @@ def _existing_images(folder: Path) -> dict[str, str]:
     for name in names:
         stem, dot, ext = name.rpartition(".")
         if dot and ext in _IMAGE_EXTENSIONS and not is_temp_name(name):
-            found[stem] = ext
+            if _looks_whole(folder / name):
+                found[stem] = ext
     return found
+
+
+def _looks_whole(path: Path) -> bool:
+    """Whether a file at its final name still starts like an image.
+
+    Images are synced in batches (fsutil.BATCH_SYNC): after a power loss, one
+    renamed since the last sync can be empty. It is downloaded again.
+    """
+    try:
+        with open(path, "rb") as handle:
+            return sniff_format(handle.read(SNIFF_BYTES)) is not None
+    except OSError:
+        return False
 
 
 def _unlink_symlinked_folder(folder: Path) -> None:
@@ -543,13 +569,18 @@ def _ext(filename: str) -> str:
     return filename.rpartition(".")[2]
 
 
-def _guard(data_dir: Path) -> FolderGuard:
+def _guard(data_dir: Path) -> PathGuard:
+    # The lock file too: an `rm -rf` racing with our writes can fail to remove
+    # the folder itself (a file appeared in it), but the lock file is gone.
+    lock = data_dir / LOCK_FILE
     try:
-        return FolderGuard(data_dir)
+        return PathGuard([data_dir, *([lock] if lock.exists() else [])])
     except OSError:
-        raise StorageError(
-            "data_dir_gone", hint="data_dir_gone", path=data_dir
-        ) from None
+        raise _gone(data_dir) from None
+
+
+def _gone(data_dir: Path) -> StorageError:
+    return StorageError("data_dir_gone", hint="data_dir_gone", path=data_dir)
 
 
 def _storage_error(error: OSError, folder: Path) -> StorageError:

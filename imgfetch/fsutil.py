@@ -161,6 +161,15 @@ class PathGuard:
                 return True
         return False
 
+    def unchanged(self, path: Path) -> bool:
+        """True when `path`, one of the guarded ones, still names what it did."""
+        for held, _fd, identity in self._held:
+            if held == path:
+                with contextlib.suppress(OSError):
+                    now = os.stat(path)
+                    return (now.st_dev, now.st_ino) == identity
+        return False
+
     def close(self) -> None:
         for _path, fd, _identity in self._held:
             if fd is not None:

@@ -68,6 +68,19 @@ def catch_early() -> None:
             signal.signal(sig, _record_early)
 
 
+def ignore_from_now_on() -> None:
+    """Ignore interrupts for the rest of the process: its command is over.
+
+    The interpreter's exit puts the default action back for every signal that
+    has a Python handler, so a Ctrl+C in that last moment killed the process by
+    SIGINT (the shell shows 130 for a run that was complete, and a parent sees
+    -2 rather than the code imgfetch chose). Ignored signals are left alone.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for sig in WATCHED:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def _record_early(signum: int, frame: FrameType | None) -> None:
     _early.append(signum)
 

@@ -145,7 +145,15 @@ RECORD_FIELDS = st.dictionaries(st.text(ANY_CHAR, max_size=8), JSON_VALUES, max_
 CATEGORIES = st.from_regex(r"[a-z0-9][a-z0-9_]{0,31}", fullmatch=True)
 ENTRIES = st.dictionaries(
     st.sampled_from(["main", "sku", "qc", "detail"]),
-    st.lists(st.text(ANY_CHAR, max_size=30), max_size=3),
+    # Paths as the engine writes them: stores refuse ones that leave the data
+    # directory (state_files.is_valid_entry), which is tested on its own.
+    st.lists(
+        st.from_regex(
+            r"images/[a-z0-9~_-]{1,20}/[a-z]{1,5}_[0-9]{1,3}\.(jpg|png|webp)",
+            fullmatch=True,
+        ),
+        max_size=3,
+    ),
     max_size=4,
 )
 FAILURES = st.lists(

@@ -7,9 +7,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..catalog import InvalidRecord, is_category_name
-from ..records import undecodable
 from ..errors import StateError
 from ..messages import Text
+from ..records import undecodable
 from .base import Failure
 
 
