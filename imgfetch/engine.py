@@ -337,18 +337,23 @@ class Engine:
             self._flush()
 
     def _flush(self) -> None:
-        # Never write state into a data directory that replaced the one the run
-        # started in: it would name images that were deleted with the old one.
-        self._check_home()
+        self._check_home()  # see below; also before syncing a folder that is gone
         began = time.monotonic()
         # Images must be durable before a mapping that names them.
         if self._dirty_dirs and BATCH_SYNC:
-            sync_filesystem(self.data_dir)  # their data and their folders at once
+            try:
+                sync_filesystem(self.data_dir)  # their data and folders at once
+            except OSError as exc:  # an I/O error writing back, or a full disk
+                raise _storage_error(exc, self.data_dir) from exc
         elif self._dirty_dirs:
             for folder in self._dirty_dirs:
                 fsync_dir(folder)
             fsync_dir(self.data_dir / IMAGES_DIR)
         self._dirty_dirs.clear()
+        # Never write state into a data directory that replaced the one the run
+        # started in: it would name images that were deleted with the old one.
+        # Checked again after the sync, which can take a while.
+        self._check_home()
         if self._finished:
             self.store.record_many(self._finished)
             self._finished = []

@@ -25,6 +25,7 @@ import math
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -522,3 +523,30 @@ def test_random_interrupts_keep_every_invariant(seed: int, tmp_path: Path) -> No
             if series.interrupts < ROUNDS_PER_SERIES:
                 series.next_lap_if_done()
         series.finish_lap()
+
+
+def test_a_finished_command_ignores_further_signals() -> None:
+    """What the rounds above caught at random, made certain: once the command is
+    over, its exit code is decided. The interpreter's exit puts the default
+    action back for signals with a Python handler, so a Ctrl+C landing then
+    killed a finished process by SIGINT; ignored signals are left ignored."""
+    script = (
+        "import signal, sys\n"
+        "from imgfetch.launch import entry\n"
+        "from imgfetch.signals import WATCHED\n"
+        "sys.argv = ['imgfetch', 'version']\n"
+        "try:\n"
+        "    entry()\n"
+        "finally:\n"
+        "    ignored = [signal.getsignal(s) == signal.SIG_IGN for s in WATCHED]\n"
+        "    print('ignored' if all(ignored) else f'handled: {ignored}')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=imgfetch_env(),
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "ignored", result.stdout
