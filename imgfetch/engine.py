@@ -15,8 +15,10 @@ import logging
 import os
 import queue
 import re
+import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,13 @@ from .backends.identity import remove_store_files
 from .catalog import ImageRef, Product
 from .errors import StorageError
 from .fetch import Aborted, Fetcher, ImageFailed, SavedImage
-from .fsutil import BATCH_SYNC, PathGuard, fsync_dir, sync_filesystem
+from .fsutil import (
+    BATCH_SYNC,
+    PathGuard,
+    fsync_dir,
+    sync_filesystem,
+    temp_file_beside,
+)
 from .paths import IMAGES_DIR, LOCK_FILE, image_relpath, is_temp_name, product_dir
 from .progress import ProductLine, ProgressView, Tally
 from .redact import redact_url, strip_userinfo
@@ -41,6 +49,9 @@ _INDEX_RE = re.compile(r"_(\d+)\.[^./]+$")
 _POLL = 0.1  # seconds; how quickly the main thread notices a signal
 _STARTS_PER_TURN = 256  # products started between two looks at the signal flag
 _JOIN_WAIT = 0.2  # seconds, all workers together, for idle ones to exit at the end
+# URLs remembered for reuse: duplicates in catalogs sit close together (one
+# product, one shop), and a million would cost a gigabyte.
+_FETCHED_MEMORY = 50_000
 _HEARTBEAT = 5.0  # seconds between calls that let a shared store renew its leases
 _DURABLE_SAVE_INTERVAL = 0.25  # seconds; see _maybe_flush
 
@@ -135,6 +146,10 @@ class Engine:
         # folders and one write of the store covers many of them.
         self._finished: list[tuple[str, Entry, list[Failure]]] = []
         self._last_beat = time.monotonic()
+        # URL -> where this run saved it (the most recent few), and URL -> the
+        # jobs waiting for its download in flight: a URL is fetched once.
+        self._fetched: OrderedDict[str, tuple[Path, SavedImage]] = OrderedDict()
+        self._in_flight: dict[str, list[_Job]] = {}
         self._active: dict[str, _ProductRun] = {}
         self._workers: list[threading.Thread] = []
 
@@ -239,10 +254,16 @@ class Engine:
                     )
                 )
                 self.tally.failed += 1
-            else:
+            elif not self._reuse_fetched(run, image):
                 run.outstanding += 1
                 self._outstanding += 1
-                self.jobs.put(_Job(run, image))
+                job = _Job(run, image)
+                waiting = self._in_flight.get(image.url)
+                if waiting is not None:
+                    waiting.append(job)  # the same URL is being downloaded now
+                else:
+                    self._in_flight[image.url] = []
+                    self.jobs.put(job)
         if run.outstanding == 0:
             self._finish_product(run)
         else:
@@ -265,8 +286,10 @@ class Engine:
         run, image = job.run, job.image
         run.outstanding -= 1
         self._outstanding -= 1
+        waiters = self._in_flight.pop(image.url, None) or []
         if isinstance(outcome, SavedImage):
             relpath = image_relpath(run.product.id, image.stem, _ext(outcome.filename))
+            self._remember_fetched(image.url, self.data_dir / relpath, outcome)
             run.saved[(image.category, image.index)] = relpath
             # Without user and password, as in failure records: only the pending
             # input record holds the URL exactly as given.
@@ -295,10 +318,56 @@ class Engine:
             raise _storage_error(outcome.error, run.folder)
         else:
             run.incomplete = True
+        for waiter in waiters:
+            self._handle(waiter, self._share(outcome, waiter))
         if run.outstanding == 0:
             self._active.pop(run.product.id, None)
             if not run.incomplete:
                 self._finish_product(run)
+
+    # -- the same URL in several places --------------------------------------------
+
+    def _remember_fetched(self, url: str, path: Path, saved: SavedImage) -> None:
+        self._fetched[url] = (path, saved)
+        self._fetched.move_to_end(url)
+        if len(self._fetched) > _FETCHED_MEMORY:
+            self._fetched.popitem(last=False)
+
+    def _reuse_fetched(self, run: _ProductRun, image: ImageRef) -> bool:
+        """Give `image` its own file from an earlier download of the same URL in
+        this run (a hard link where the file system allows, else a copy)."""
+        known = self._fetched.get(image.url)
+        if known is None:
+            return False
+        saved = _link_or_copy(known[0], run.folder, image.stem, known[1])
+        if saved is None:
+            return False  # the first file is gone: download again
+        run.saved[(image.category, image.index)] = image_relpath(
+            run.product.id, image.stem, _ext(saved.filename)
+        )
+        self.tally.per_category[image.category] += 1
+        self.tally.images += 1
+        self._dirty_dirs.add(run.folder)
+        return True
+
+    def _share(self, outcome: Outcome, waiter: _Job) -> Outcome:
+        """The outcome of a download for another place that wanted the same URL."""
+        image = waiter.image
+        if isinstance(outcome, Failure):
+            return Failure(
+                image.category,
+                image.index,
+                outcome.url,
+                outcome.reason,
+                outcome.attempts,
+            )
+        if isinstance(outcome, SavedImage):
+            known = self._fetched.get(image.url)
+            linked = known and _link_or_copy(
+                known[0], waiter.run.folder, image.stem, known[1]
+            )
+            return linked or SKIPPED  # SKIPPED: it stays pending, fetched next run
+        return outcome
 
     def _finish_product(self, run: _ProductRun) -> None:
         entry = _build_entry(run, self.config.categories)
@@ -517,6 +586,26 @@ def _existing_images(folder: Path) -> dict[str, str]:
             if _looks_whole(folder / name):
                 found[stem] = ext
     return found
+
+
+def _link_or_copy(
+    source: Path, folder: Path, stem: str, saved: SavedImage
+) -> SavedImage | None:
+    """`source` under the name of another slot, atomically; None when it is gone."""
+    name = f"{stem}.{_ext(saved.filename)}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with temp_file_beside(folder / name) as (handle, temp):
+            handle.close()
+            os.unlink(temp)
+            try:
+                os.link(source, temp)
+            except OSError:  # no hard links here (FAT, some network shares)
+                shutil.copyfile(source, temp)
+            os.replace(temp, folder / name)
+    except FileNotFoundError:
+        return None
+    return SavedImage(name, 0, saved.format)  # 0: no bytes were downloaded
 
 
 def _looks_whole(path: Path) -> bool:

@@ -498,3 +498,35 @@ def test_hostile_ids_stay_inside_the_data_directory(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
     folders = sorted(p.name for p in (data / "images").iterdir())
     assert len(folders) == len(ids)
+
+
+def test_the_same_url_is_fetched_once_and_every_place_gets_its_own_file(
+    server: ImageServer, tmp_path: Path
+) -> None:
+    shared = server.url("shared", size=3000)
+    other = server.url("other", size=2000)
+    catalog = [
+        {"id": "a", "main_images": [shared, other], "sku_images": [shared]},
+        {"id": "b", "main_images": [other], "qc_images": [shared]},
+        {"id": "c", "main_images": [shared]},
+    ]
+    source = write_catalog(tmp_path / "c.json", catalog)
+    data = tmp_path / "data"
+
+    result = run_imgfetch(["download", str(source), "--data-dir", str(data)])
+
+    assert result.returncode == 0, result.stderr
+    assert server.requests_for(shared) == 1 and server.requests_for(other) == 1
+    mapping = load_json(data / "image_mapping.json")
+    places = [
+        mapping["a"]["main"][0],
+        mapping["a"]["sku"][0],
+        mapping["b"]["qc"][0],
+        mapping["c"]["main"][0],
+    ]
+    assert len(set(places)) == 4  # a file of its own in each place
+    for relpath in places:
+        assert (data / relpath).read_bytes() == server.expected_bytes(shared)
+    # Hard links where the file system has them (it does here).
+    assert len({(data / p).stat().st_ino for p in places}) == 1
+    assert (data / mapping["b"]["main"][0]).read_bytes() == server.expected_bytes(other)
