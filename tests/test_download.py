@@ -530,3 +530,28 @@ def test_the_same_url_is_fetched_once_and_every_place_gets_its_own_file(
     # Hard links where the file system has them (it does here).
     assert len({(data / p).stat().st_ino for p in places}) == 1
     assert (data / mapping["b"]["main"][0]).read_bytes() == server.expected_bytes(other)
+
+
+def test_a_failed_shared_url_is_a_failure_in_every_place(
+    server: ImageServer, tmp_path: Path
+) -> None:
+    gone = server.url("gone", status=404)
+    catalog = [
+        {"id": "a", "main_images": [gone], "qc_images": [gone]},
+        {"id": "b", "sku_images": [gone]},
+    ]
+    source = write_catalog(tmp_path / "c.json", catalog)
+    data = tmp_path / "data"
+
+    result = run_imgfetch(["download", str(source), "--data-dir", str(data)])
+
+    assert result.returncode == 1, result.stderr
+    assert server.requests_for(gone) == 1
+    failed = load_json(data / "failed_images.json")
+    places = {
+        (pid, f["category"], f["index"]) for pid, fs in failed.items() for f in fs
+    }
+    assert places == {("a", "main", 1), ("a", "qc", 1), ("b", "sku", 1)}
+    assert all(
+        f["reason"].startswith("permanent: ") for fs in failed.values() for f in fs
+    )
