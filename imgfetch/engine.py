@@ -605,6 +605,8 @@ def _link_or_copy(
             os.replace(temp, folder / name)
     except FileNotFoundError:
         return None
+    except OSError as exc:  # a full disk, a read-only folder
+        raise _storage_error(exc, folder) from exc
     return SavedImage(name, 0, saved.format)  # 0: no bytes were downloaded
 
 
