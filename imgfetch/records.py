@@ -215,7 +215,9 @@ class _Text:
 
     def skip_ws(self, blanks: re.Pattern[str] = _WS) -> None:
         while True:
-            self.consume(blanks.match(self.buf, self.pos).end())  # type: ignore[union-attr]
+            match = blanks.match(self.buf, self.pos)
+            assert match is not None  # the pattern matches the empty string
+            self.consume(match.end())
             if self.pos < len(self.buf) or self.eof:
                 return
             self.fill(_CHUNK)
