@@ -7,14 +7,17 @@ header must not end up in a terminal log).
 
 from __future__ import annotations
 
-import http.cookiejar
 import re
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .errors import UsageError
 from .redact import MASK, is_secret_name, redact_url
+
+if TYPE_CHECKING:
+    import http.cookiejar
 
 # RFC 9110 token characters: what a header name may be made of.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -61,20 +64,14 @@ def check_url_option(option: str, value: str, schemes: tuple[str, ...]) -> str:
 
 
 def check_proxy(value: str) -> str:
-    """A proxy URL requests can use; SOCKS needs the PySocks package."""
-    check_url_option("--proxy", value, _PROXY_SCHEMES)
-    if urlsplit(value).scheme.lower().startswith("socks"):
-        try:
-            import socks  # noqa: F401
-        except ImportError:
-            raise UsageError(
-                "socks_missing", hint="install_socks", value=redact_url(value)
-            ) from None
-    return value
+    """A proxy URL libcurl can use: HTTP, HTTPS or SOCKS."""
+    return check_url_option("--proxy", value, _PROXY_SCHEMES)
 
 
 def load_cookies(path: Path) -> http.cookiejar.MozillaCookieJar:
     """The cookies of a Netscape cookies.txt file; UsageError naming the file."""
+    import http.cookiejar  # only with --cookies: a start-up cost otherwise
+
     jar = http.cookiejar.MozillaCookieJar()
     try:
         with path.open(encoding="utf-8") as handle:

@@ -8,13 +8,7 @@ bodies, 408, 425, 429 and every 5xx. Reasons never quote a URL or a header.
 
 from __future__ import annotations
 
-import email.utils
-import time
-from collections.abc import Iterator
-from urllib.parse import urljoin, urlsplit
-
-import requests
-import urllib3.exceptions
+from urllib.parse import urlsplit
 
 PERMANENT = "permanent: "
 TRANSIENT = "transient: "
@@ -61,82 +55,28 @@ def check_fetchable(url: str) -> None:
         raise Permanent(f"cannot fetch a {scheme or 'relative'}: URL")
 
 
-def redirect_target(response: requests.Response, url: str) -> str | None:
-    if response.status_code not in REDIRECT_STATUS:
+def redirect_target(status: int, location: str | None) -> str | None:
+    """Where a redirect points (absolute, as libcurl resolved it), or None when
+    `status` is no redirect."""
+    if status not in REDIRECT_STATUS:
         return None
-    location = response.headers.get("Location")
     if not location:
-        raise Permanent(f"HTTP {response.status_code} without a Location")
-    try:
-        # http.client decodes headers as Latin-1; servers send UTF-8.
-        location = location.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        pass
-    target = urljoin(url, location)
-    scheme = urlsplit(target).scheme.lower()
+        raise Permanent(f"HTTP {status} without a Location")
+    scheme = urlsplit(location).scheme.lower()
     if scheme not in FETCHABLE_SCHEMES:
         raise Permanent(f"redirect to a {scheme or 'relative'}: URL refused")
-    return target
+    return location
 
 
-def check_status(response: requests.Response, host: str) -> None:
-    status = response.status_code
+def check_status(status: int, retry_after: float | None, host: str) -> None:
+    """Nothing for a 200; otherwise the failure the status means."""
     if status == 200:
         return
-    reason = f"HTTP {status}"
+    reason = f"HTTP {status}" if status else "no HTTP answer"
     if status == 403:
         raise Forbidden(reason)
-    if status in TRANSIENT_4XX or 500 <= status <= 599:
-        wait = retry_after(response)
+    if status in TRANSIENT_4XX or 500 <= status <= 599 or not status:
         # The whole host slows down for a 429, and for a 503 that says how long.
-        throttled = status == 429 or (status == 503 and wait is not None)
-        raise Transient(reason, wait, throttle=host if throttled else None)
+        throttled = status == 429 or (status == 503 and retry_after is not None)
+        raise Transient(reason, retry_after, throttle=host if throttled else None)
     raise Permanent(reason)
-
-
-def retry_after(response: requests.Response) -> float | None:
-    """Seconds the server asked us to wait: a number or an HTTP date."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-
-
-def causes(exc: BaseException) -> Iterator[BaseException]:
-    """`exc`, what it wraps (requests wraps urllib3 wraps socket errors)."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        current = todo.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        todo += [a for a in current.args if isinstance(a, BaseException)]
-        todo += [c for c in (current.__cause__, current.__context__) if c is not None]
-
-
-def connection_reason(exc: BaseException) -> str:
-    for cause in causes(exc):
-        if isinstance(cause, urllib3.exceptions.IncompleteRead):
-            return f"truncated body ({cause.expected} bytes missing)"
-    return f"connection failed ({short_cause(exc)})"
-
-
-def short_cause(exc: BaseException) -> str:
-    # The innermost error says what happened; the outer ones quote the URL.
-    inner: BaseException = exc
-    while inner.__context__ is not None and inner.__context__ is not inner:
-        inner = inner.__context__
-    text = str(inner) or type(inner).__name__
-    return text.splitlines()[0][:160]

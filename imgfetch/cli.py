@@ -311,7 +311,6 @@ def _run_options(
             retries=retries,
             max_bytes=max_bytes,
             user_agent=user_agent,
-            pool_size=workers,
             max_retry_wait=max_retry_wait,
             per_host=per_host,
             rate=rate,

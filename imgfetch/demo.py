@@ -97,7 +97,7 @@ def _download(
         catalog=CatalogOptions(default_scheme="http"),
         engine=EngineConfig(workers=workers),
         # One local server: as many connections to it as workers.
-        fetch=FetchConfig(pool_size=workers, per_host=workers, retries=4, backoff=0.2),
+        fetch=FetchConfig(per_host=workers, retries=4, backoff=0.2),
         progress=progress,
     )
     return run_download(options, report, catalog_path)

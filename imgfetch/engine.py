@@ -48,6 +48,7 @@ _IMAGE_EXTENSIONS = frozenset(EXTENSIONS.values())
 _INDEX_RE = re.compile(r"_(\d+)\.[^./]+$")
 _POLL = 0.1  # seconds; how quickly the main thread notices a signal
 _STARTS_PER_TURN = 256  # products started between two looks at the signal flag
+_HOME_CHECK = 0.25  # seconds between two looks at the data directory
 _JOIN_WAIT = 0.2  # seconds, all workers together, for idle ones to exit at the end
 # URLs remembered for reuse: duplicates in catalogs sit close together (one
 # product, one shop), and a million would cost a gigabyte.
@@ -131,8 +132,9 @@ class Engine:
         self.tally = tally
         self.signals = signals
         self.say = say
-        self.jobs: queue.Queue[_Job | None] = queue.Queue()
-        self.results: queue.Queue[tuple[_Job, Outcome]] = queue.Queue()
+        # SimpleQueue: C code, no Python-level condition; each image passes twice.
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[tuple[_Job, Outcome]] = queue.SimpleQueue()
         self.stop_starting = threading.Event()
         self.interrupted = False  # a signal stopped the run with work left
         self._outstanding = 0
@@ -146,6 +148,7 @@ class Engine:
         # folders and one write of the store covers many of them.
         self._finished: list[tuple[str, Entry, list[Failure]]] = []
         self._last_beat = time.monotonic()
+        self._home_checked = 0.0
         # URL -> where this run saved it (the most recent few), and URL -> the
         # jobs waiting for its download in flight: a URL is fetched once.
         self._fetched: OrderedDict[str, tuple[Path, SavedImage]] = OrderedDict()
@@ -178,7 +181,7 @@ class Engine:
             self.stop_starting.set()
             self.fetcher.abort.set()
             # A write that failed because the folder went away: say that.
-            self._check_home()
+            self._check_home(now=True)
             with contextlib.suppress(StorageError):
                 self._flush()
             raise
@@ -406,7 +409,7 @@ class Engine:
             self._flush()
 
     def _flush(self) -> None:
-        self._check_home()  # see below; also before syncing a folder that is gone
+        self._check_home(now=True)  # see below; also before syncing a gone folder
         began = time.monotonic()
         # Images must be durable before a mapping that names them.
         if self._dirty_dirs and BATCH_SYNC:
@@ -422,7 +425,7 @@ class Engine:
         # Never write state into a data directory that replaced the one the run
         # started in: it would name images that were deleted with the old one.
         # Checked again after the sync, which can take a while.
-        self._check_home()
+        self._check_home(now=True)
         if self._finished:
             self.store.record_many(self._finished)
             self._finished = []
@@ -431,7 +434,13 @@ class Engine:
         self._last_flush = time.monotonic()
         self._flush_cost = self._last_flush - began
 
-    def _check_home(self) -> None:
+    def _check_home(self, *, now: bool = False) -> None:
+        # A few stat calls: every _HOME_CHECK seconds is soon enough to stop
+        # (writes into a deleted folder fail on their own anyway).
+        clock = time.monotonic()
+        if not now and clock - self._home_checked < _HOME_CHECK:
+            return
+        self._home_checked = clock
         if not self._home.moved():
             return
         if self._home.unchanged(self.data_dir):

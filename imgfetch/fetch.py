@@ -9,20 +9,15 @@ record starts with `permanent: ` or `transient: ` and never holds a credential.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
-import socket
 import threading
 import time
-import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import requests
-import urllib3.exceptions
-from requests.adapters import HTTPAdapter
 
 from . import decode
 from .access import HOST_BOUND_HEADERS, load_cookies, referer_for, same_host
@@ -34,22 +29,21 @@ from .classify import (
     Transient,
     check_fetchable,
     check_status,
-    connection_reason,
     redirect_target,
-    short_cause,
 )
-from .fsutil import BATCH_SYNC, commit, temp_file_beside
+from .exchange import ACCEPT, DEADLINE_REASON, Client, Sink, is_abort
+from .fsutil import BATCH_SYNC, create_temp_beside, write_all
 from .hosts import HostGate, host_key
 from .redact import redact_text, redact_url
 from .sniff import EXTENSIONS, SNIFF_BYTES, describe_non_image, sniff_format
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024  # the most one read returns; 1-byte reads would be a CPU sink
-# Without HTTPResponse.read1 (old urllib3) a read blocks until it has this much or
-# the body ends; small reads keep the deadline and the abort flag checked often.
-FALLBACK_CHUNK = 1024
-DEADLINE_REASON = "deadline exceeded while reading the body"
+# A body is kept in memory up to this size and written in one go (most product
+# images); a larger one goes to its temporary file as it arrives, so 64 workers
+# on 50 MB images do not hold 3 GB.
+SPILL_BYTES = 1024 * 1024
+_TIMER_SLACK = 0.1
 DEFAULT_USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/124.0 Safari/537.36"
@@ -69,7 +63,6 @@ class FetchConfig:
     max_bytes: int = 50 * 1024 * 1024
     max_redirects: int = 10
     user_agent: str = DEFAULT_USER_AGENT
-    pool_size: int = 8
     per_host: int = 4
     rate: float = 0.0  # requests per second per host; 0 is no limit
     headers: tuple[tuple[str, str], ...] = ()
@@ -127,50 +120,27 @@ class Fetcher:
         self.abort = abort
         self.clock = clock
         self.gate = HostGate(config.per_host, config.rate, clock)
-        self.session = requests.Session()
-        # A pool slot per worker and per connection the gate lets through to one
-        # host, or urllib3 discards connections and opens new ones.
-        size = max(config.pool_size, config.per_host)
-        adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = config.user_agent
-        self.session.headers["Accept"] = "image/avif,image/webp,image/*,*/*;q=0.8"
         headers = dict(config.headers)
         self._referer = config.referer or _pop_header(headers, "Referer")
         self._headers = headers
-        # requests looks at the environment on every request: ~/.netrc (which
-        # would send a login to any host named there, redirects included), proxy
-        # variables and CA bundle variables. That cost a fifth of the loopback
-        # rate, so it is switched off; proxies and the CA bundle are read here,
-        # once, and ~/.netrc not at all.
-        self.session.trust_env = False
-        self.session.verify = _ca_bundle_from_environment()
-        self._proxy = config.proxy
-        self._env_proxies: dict[tuple[str, str], dict[str, str]] = {}
         if config.cookies is not None:
-            self.session.cookies.update(load_cookies(config.cookies))
+            load_cookies(config.cookies)  # a bad file is a usage error, here
         if config.verify_decode:
             decode.require_pillow()
+        self.client = Client(
+            user_agent=config.user_agent,
+            cookies=config.cookies,
+            proxy=config.proxy,
+            stopped=abort.is_set,
+        )
 
     def close(self) -> None:
-        self.session.close()
-
-    def _proxies_for(self, url: str) -> dict[str, str]:
-        """--proxy for every URL, else the environment's (HTTP_PROXY, NO_PROXY...),
-        looked up once per scheme and host."""
-        if self._proxy:
-            return {"http": self._proxy, "https": self._proxy}
-        parts = urllib.parse.urlsplit(url)
-        key = (parts.scheme, parts.netloc)
-        found = self._env_proxies.get(key)
-        if found is None:
-            found = self._env_proxies[key] = requests.utils.get_environ_proxies(url)
-        return found
+        self.client.close()
 
     def fetch(self, url: str, folder: Path, stem: str) -> SavedImage:
         """Download `url` to `folder/stem.<ext>`; raise ImageFailed or Aborted."""
-        image = _Image(url, self.gate.referer_flipped(host_key(url)))
+        host = host_key(url)  # of the first hop: the Referer policy is per host
+        image = _Image(url, self.gate.referer_flipped(host))
         while True:
             image.attempts += 1
             if self.abort.is_set():
@@ -178,7 +148,7 @@ class Fetcher:
             self._check_time_left(image)
             referer = referer_for(url, self._referer, image.flipped)
             try:
-                saved = self._attempt(image, folder, stem, referer)
+                saved = self._attempt(image, host, folder, stem, referer)
             except Forbidden as exc:
                 self._flip_referer(image, str(exc))
             except Permanent as exc:
@@ -186,7 +156,7 @@ class Fetcher:
             except Transient as exc:
                 self._wait_before_retry(image, exc)
             else:
-                self.gate.remember_referer(host_key(url), image.flipped)
+                self.gate.remember_referer(host, image.flipped)
                 return saved
 
     def _check_time_left(self, image: _Image) -> None:
@@ -241,17 +211,22 @@ class Fetcher:
     # -- one attempt: the request, its redirects, the body
 
     def _attempt(
-        self, image: _Image, folder: Path, stem: str, referer: str | None
+        self,
+        image: _Image,
+        first_host: str,
+        folder: Path,
+        stem: str,
+        referer: str | None,
     ) -> SavedImage:
         url = image.url
         headers = dict(self._headers)
         if referer:
             headers["Referer"] = referer
-        # Redirects are followed here, not by requests, to check each hop's scheme
+        # Redirects are followed here, not by libcurl, to check each hop's scheme
         # and to pass each hop through its host's gate.
-        for _hop in range(self.config.max_redirects + 1):
+        for hop in range(self.config.max_redirects + 1):
             check_fetchable(url)
-            host = host_key(url)
+            host = host_key(url) if hop else first_host
             if not self.gate.enter(host, self.abort):
                 raise Aborted
             try:
@@ -285,123 +260,135 @@ class Fetcher:
         left = deadline - self.clock()
         if left <= 0:
             raise Transient("deadline exceeded waiting for the host")
-        timeout = (
-            min(self.config.connect_timeout, left),
-            min(self.config.read_timeout, left),
-        )
-        with self._get(url, headers, timeout) as response:
-            target = redirect_target(response, url)
+        sink = _ImageSink(folder, stem, self.config.max_bytes)
+        try:
+            answer = self.client.get(
+                url,
+                _header_lines(headers),
+                connect_timeout=self.config.connect_timeout,
+                read_timeout=self.config.read_timeout,
+                time_left=left,
+                sink=sink,
+            )
+        except Transient as exc:
+            # libcurl's timer may fire a little before ours says the time is up.
+            at_deadline = deadline - self.clock() < _TIMER_SLACK
+            if exc.reason == "timed out" and sink.started and at_deadline:
+                raise Transient(DEADLINE_REASON) from None
+            raise
+        except Exception as exc:
+            if is_abort(exc):
+                raise Aborted from None
+            raise
+        try:
+            target = redirect_target(answer.status, answer.location)
             if target is not None:
                 return target
-            check_status(response, host)
-            return self._save(response, folder, stem, deadline)
-
-    def _get(
-        self, url: str, headers: dict[str, str], timeout: tuple[float, float]
-    ) -> requests.Response:
-        try:
-            return self.session.get(
-                url,
-                headers=headers,
-                stream=True,
-                timeout=timeout,
-                allow_redirects=False,
-                proxies=self._proxies_for(url),
-            )
-        # Fixed reasons: these exceptions quote the whole URL, which may be huge
-        # or carry credentials.
-        except requests.exceptions.InvalidSchema:
-            raise Permanent("cannot fetch this URL (scheme not supported)") from None
-        except requests.exceptions.InvalidHeader:
-            raise Permanent("cannot send a request header (invalid value)") from None
-        except (
-            requests.exceptions.InvalidURL,
-            requests.exceptions.MissingSchema,
-            # urllib3 raises this past requests for a host it cannot parse (a DNS
-            # label over 63 characters).
-            urllib3.exceptions.LocationParseError,
-        ):
-            raise Permanent("cannot fetch this URL (malformed)") from None
-        except requests.exceptions.Timeout:
-            raise Transient("timed out") from None
-        except requests.exceptions.SSLError as exc:
-            cause = short_cause(exc)
-            if "CERTIFICATE_VERIFY_FAILED" in cause:
-                raise Permanent(f"TLS certificate rejected ({cause})") from None
-            raise Transient(f"TLS failed ({cause})") from None
-        except requests.exceptions.ProxyError as exc:
-            raise Transient(f"proxy failed ({short_cause(exc)})") from None
-        except requests.exceptions.RequestException as exc:
-            raise Transient(connection_reason(exc)) from None
-
-    def _save(
-        self, response: requests.Response, folder: Path, stem: str, deadline: float
-    ) -> SavedImage:
-        expected = _expected_length(response)
-        if expected is not None and expected > self.config.max_bytes:
-            raise Permanent(f"too large ({expected} bytes > --max-bytes)")
-        chunks = self._body(response, deadline)
-        head = _read_head(chunks)
-        fmt = sniff_format(head)
-        if fmt is None:
-            kind = describe_non_image(head)
-            ctype = response.headers.get("Content-Type", "none")
-            raise Permanent(f"not an image: {kind} (Content-Type {ctype[:60]})")
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"{stem}.{EXTENSIONS[fmt]}"
-        with temp_file_beside(final) as (handle, temp):
-            size = 0
-            # The head is checked like any chunk: one read can hold the whole body.
-            for chunk in _prepend(head, chunks):
-                size += len(chunk)
-                if size > self.config.max_bytes:
-                    raise Permanent(f"too large (over {self.config.max_bytes} bytes)")
-                handle.write(chunk)
-            if expected is not None and size != expected:
-                raise Transient(f"truncated body ({size} of {expected} bytes)")
-            if self.config.verify_decode:
-                handle.flush()
-                _verify(temp, fmt)
-            commit(handle, temp, final, sync=not BATCH_SYNC)
-        return SavedImage(final.name, size, fmt)
-
-    def _body(self, response: requests.Response, deadline: float) -> Iterator[bytes]:
-        """The decoded body in chunks, within the deadline and until an abort.
-
-        `iter_content` blocks until a whole chunk has arrived, so a server dripping
-        a byte at a time is never interrupted there: read1 returns what one socket
-        read brings, and the socket's timeout shrinks to what the deadline leaves.
-        """
-        raw = response.raw
-        read1 = getattr(raw, "read1", None)
-        sock = _socket_of(raw)
-        while True:
-            if self.abort.is_set():
-                raise Aborted
-            left = deadline - self.clock()
-            if left <= 0:
-                raise Transient(DEADLINE_REASON)
-            # The timeout the deadline imposes, when shorter than the read timeout.
-            by_deadline = left < self.config.read_timeout
-            if sock is not None:
-                try:
-                    sock.settimeout(min(self.config.read_timeout, left))
-                except OSError:
-                    sock = None  # closed under us; the read will say why
+            check_status(answer.status, answer.retry_after, host)
             try:
-                if read1 is not None:
-                    data = read1(CHUNK, decode_content=True)
-                else:
-                    data = raw.read(FALLBACK_CHUNK, decode_content=True)
-            except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
-                if by_deadline and sock is not None:
-                    raise Transient(DEADLINE_REASON) from None
-                raise Transient("timed out") from None
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise Transient(connection_reason(exc)) from None
-            if not data:
-                return
-            yield data
+                if answer.sink_error is not None:
+                    raise answer.sink_error
+                saved = sink.keep(self.config.verify_decode)
+            except _NotAnImage as exc:
+                ctype = answer.content_type[:60]
+                raise Permanent(
+                    f"not an image: {exc.kind} (Content-Type {ctype})"
+                ) from None
+            if self.abort.is_set():
+                # The shutdown swept temporary files already; a file renamed into
+                # place now would be an image no state names.
+                raise Aborted
+            return sink.commit(saved)
+        finally:
+            sink.close()
+
+
+class _ImageSink(Sink):
+    """The body of one response, checked and saved as `folder/stem.<ext>`.
+
+    Chunks stay in memory up to SPILL_BYTES and are written with one call; past
+    that the head must already look like an image, and the rest streams into the
+    temporary file. Plain descriptors: this runs once per image.
+    """
+
+    def __init__(self, folder: Path, stem: str, max_bytes: int) -> None:
+        self.folder = folder
+        self.stem = stem
+        self.max_bytes = max_bytes
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.started = False
+        self.format: str | None = None
+        self._fd = -1
+        self._temp = ""
+
+    def write(self, chunk: bytes) -> bool:
+        self.started = True
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise Permanent(f"too large (over {self.max_bytes} bytes)")
+        if self._fd >= 0:
+            write_all(self._fd, chunk)
+            return True
+        self.chunks.append(chunk)
+        if self.size >= SPILL_BYTES:
+            self._write_buffered()
+        return True
+
+    def _write_buffered(self) -> None:
+        body = b"".join(self.chunks)
+        self.chunks = []
+        self.format = sniff_format(body[:SNIFF_BYTES])
+        if self.format is None:
+            raise _NotAnImage(describe_non_image(body[:SNIFF_BYTES]))
+        final = self.folder / f"{self.stem}.{EXTENSIONS[self.format]}"
+        try:
+            self._fd, self._temp = create_temp_beside(final)
+        except FileNotFoundError:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._fd, self._temp = create_temp_beside(final)
+        write_all(self._fd, body)
+
+    def keep(self, verify: bool) -> SavedImage:
+        """Check what arrived for a 200 and have it whole in its temporary file."""
+        if self._fd < 0:
+            self._write_buffered()
+        assert self.format is not None
+        if verify:
+            _verify(Path(self._temp), self.format)
+        return SavedImage(
+            f"{self.stem}.{EXTENSIONS[self.format]}", self.size, self.format
+        )
+
+    def commit(self, saved: SavedImage) -> SavedImage:
+        if not BATCH_SYNC:
+            os.fsync(self._fd)
+        os.replace(self._temp, self.folder / saved.filename)
+        self._temp = ""
+        return saved
+
+    def close(self) -> None:
+        self.chunks = []
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._temp:
+            # Not renamed into place: an unfinished file must not stay behind.
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp)
+            self._temp = ""
+
+
+class _NotAnImage(Permanent):
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def _header_lines(headers: dict[str, str]) -> list[str]:
+    lines = [f"Accept: {ACCEPT}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return lines
 
 
 def _pop_header(headers: dict[str, str], name: str) -> str | None:
@@ -422,41 +409,3 @@ def _verify(path: Path, fmt: str) -> None:
             raise Permanent(reason) from None
         # Once transient: a CDN edge may have cached a cut upload and heal.
         raise Transient(reason, undecodable=True) from None
-
-
-def _socket_of(raw: object) -> socket.socket | None:
-    """The socket under a streamed urllib3 response, if it can be reached."""
-    connection = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
-    sock = getattr(connection, "sock", None)
-    return sock if isinstance(sock, socket.socket) else None
-
-
-def _prepend(head: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
-    if head:
-        yield head
-    yield from chunks
-
-
-def _expected_length(response: requests.Response) -> int | None:
-    # With Content-Encoding the header counts compressed bytes, not what we save.
-    if response.headers.get("Content-Encoding", "identity") != "identity":
-        return None
-    value = response.headers.get("Content-Length", "")
-    return int(value) if value.isdigit() else None
-
-
-def _read_head(chunks: Iterator[bytes]) -> bytes:
-    head = b""
-    while len(head) < SNIFF_BYTES:
-        try:
-            head += next(chunks)
-        except StopIteration:
-            break
-    return head
-
-
-def _ca_bundle_from_environment() -> bool | str:
-    """What requests itself would verify TLS against when trusting the environment."""
-    return (
-        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    )

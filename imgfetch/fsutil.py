@@ -4,28 +4,41 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, cast
 
 from .paths import TEMP_PREFIX, TEMP_SUFFIX, is_temp_name
 
-
-def _current_umask() -> int:
-    # os.umask can only be read by setting it; this runs once, at import, before
-    # any worker thread exists.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_current_umask()
 # The final name is only a hint in the temporary name; a long one would push the
 # temporary name past NAME_MAX (255 bytes) and make the write fail.
 _NAME_HINT = 100
+
+
+_TEMP_NAMES = itertools.count()
+
+
+def create_temp_beside(path: Path) -> tuple[int, str]:
+    """A new, empty temporary file in the folder of `path`: (descriptor, name).
+
+    Opened with mode 0666 so that the kernel applies the umask, as for any file
+    the user makes; the name holds the process id and a counter, and O_EXCL makes
+    sure a file left by a killed run is never written into.
+    """
+    hint = os.fsencode(path.name)[:_NAME_HINT].decode("utf-8", "ignore")
+    stem = os.path.join(path.parent, f"{TEMP_PREFIX}{hint}.{os.getpid():x}-")
+    while True:
+        name = f"{stem}{next(_TEMP_NAMES):x}{TEMP_SUFFIX}"
+        try:
+            return os.open(name, _CREATE, 0o666), name
+        except FileExistsError:
+            continue
+
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 @contextlib.contextmanager
@@ -35,23 +48,23 @@ def temp_file_beside(path: Path) -> Iterator[tuple[IO[bytes], Path]]:
     The caller renames it into place with `commit`; if the block ends without a
     commit, normally or by any exception, the temporary file is deleted.
     """
-    hint = os.fsencode(path.name)[:_NAME_HINT].decode("utf-8", "ignore")
-    fd, name = tempfile.mkstemp(
-        dir=path.parent, prefix=f"{TEMP_PREFIX}{hint}.", suffix=TEMP_SUFFIX
-    )
+    fd, name = create_temp_beside(path)
     temp = Path(name)
     try:
         with os.fdopen(fd, "wb") as handle:
-            # mkstemp creates 0600 files; the user's images and state want normal
-            # modes. Some file systems (FAT, SMB mounts) refuse chmod: keep 0600.
-            with contextlib.suppress(OSError):
-                os.fchmod(handle.fileno(), FILE_MODE)
             yield handle, temp
     finally:
         # After commit the name is gone (renamed); otherwise, error or not, the
         # unfinished file must not stay behind.
         with contextlib.suppress(OSError):
             temp.unlink()
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may take fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def commit(handle: IO[bytes], temp: Path, path: Path, *, sync: bool = True) -> None:

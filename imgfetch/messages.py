@@ -245,14 +245,6 @@ _CATALOG: dict[str, dict[Lang, str]] = {
         "en": "give a full URL such as http://host:port/",
         "zh": "请给出完整的网址, 例如 http://host:port/",
     },
-    "err_socks_missing": {
-        "en": "--proxy {value} needs SOCKS support, which is not installed",
-        "zh": "--proxy {value} 需要 SOCKS 支持, 但尚未安装",
-    },
-    "hint_install_socks": {
-        "en": "run: pip install 'requests[socks]'",
-        "zh": "请运行: pip install 'requests[socks]'",
-    },
     "err_cookies_file": {
         "en": "--cookies {path}: {detail}",
         "zh": "--cookies {path}: {detail}",

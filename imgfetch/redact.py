@@ -50,6 +50,8 @@ def is_secret_name(name: str) -> bool:
 
 def strip_userinfo(url: str) -> str:
     """`url` with `user:pass@` replaced by `***@`; everything else kept."""
+    if "@" not in url:
+        return url  # no user-info possible: the common case, once per image
     try:
         parts = urlsplit(url)
     except ValueError:

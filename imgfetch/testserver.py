@@ -65,6 +65,7 @@ class _Spec:
     truncate: int = 0
     reset: int = 0
     drip: float = 0.0
+    fast: int = 0  # with drip: bytes sent at once before the drip starts
     redirect: int = 0
     location: str | None = None
     referer: str | None = None
@@ -150,6 +151,7 @@ def _parse_target(target: str) -> _Spec:
         truncate=int(get("truncate", "0")),
         reset=int(get("reset", "0")),
         drip=_seconds(get("drip", "0")),
+        fast=int(get("fast", "0")),
         redirect=int(get("redirect", "0")),
         location=get("location"),
         referer=get("referer"),
@@ -199,6 +201,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.stop_event = threading.Event()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self.opened = 0  # connections accepted since start
         super().__init__((HOST, port), _Handler)
 
     def server_bind(self) -> None:
@@ -211,6 +214,7 @@ class _HTTPServer(ThreadingHTTPServer):
         with self._connections_lock:
             if active:
                 self._connections.add(conn)
+                self.opened += 1
             else:
                 self._connections.discard(conn)
 
@@ -383,7 +387,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif attempt <= spec.reset or fault == "reset":
             self._send_then_reset(body)
         elif spec.drip > 0:
-            self._drip(body, spec.drip)
+            self.wfile.write(body[: spec.fast])
+            self._drip(body[spec.fast :], spec.drip)
         else:
             self.wfile.write(body)
 
@@ -425,8 +430,9 @@ class ImageServer:
     fmt, size, delay=S, fail=CODE:N, retry_after=V, status=CODE, stall=1, html=1,
     page=html|xml|json (200 with that page, Content-Type image/jpeg), truncate=N,
     reset=N, cut=LEN[:N] (the first LEN bytes, announced as the whole body),
-    drip=S, redirect=N, location=URL, referer=SUBSTR|self|none, gzip=1. Any other
-    parameter is ignored, so `v=1`, `v=2` serve the same image under several URLs.
+    drip=S, fast=N (with drip: the first N bytes at once), redirect=N,
+    location=URL, referer=SUBSTR|self|none, gzip=1. Any other parameter is
+    ignored, so `v=1`, `v=2` serve the same image under several URLs.
     The server also answers as an HTTP proxy for absolute-form requests.
     """
 
@@ -552,6 +558,13 @@ class ImageServer:
         """How many requests came in proxy (absolute) form."""
         with self._counts_lock:
             return self._proxied
+
+    @property
+    def connections_opened(self) -> int:
+        """How many TCP connections clients opened since start (keep-alive reuse
+        keeps this below the request count)."""
+        httpd = self._httpd
+        return 0 if httpd is None else httpd.opened
 
     @property
     def max_concurrency(self) -> int:

@@ -9,7 +9,6 @@ abort Event instead of the clock wherever the exact wait is what matters.
 from __future__ import annotations
 
 import email.utils
-import logging
 import os
 import socket
 import stat
@@ -23,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from requests.adapters import HTTPAdapter
 
+from imgfetch import fetch as fetch_module
+from imgfetch.exchange import wire_url
 from imgfetch.fetch import Aborted, FetchConfig, Fetcher, ImageFailed, SavedImage
 from imgfetch.testimages import IMAGE_FORMATS
 from imgfetch.testserver import ImageServer
@@ -48,7 +48,6 @@ FAST = FetchConfig(
     retries=3,
     backoff=0.01,
     max_retry_wait=0.05,
-    pool_size=4,
 )
 
 
@@ -716,18 +715,38 @@ def _wait_until(predicate: Any, timeout: float = 10) -> None:
 def test_abort_while_downloading_raises_aborted_and_removes_the_temp_file(
     server: ImageServer, folder: Path
 ) -> None:
-    # The body drips for ~40 s; abort a moment after it started arriving.
+    # The body drips for ~40 s; abort a moment after it started arriving. (A
+    # body this small is held in memory, and one over SPILL_BYTES goes to its
+    # temporary file: the next test.)
     abort = threading.Event()
     url = server.url("abort-mid", size=4000, drip=0.01)
     fetcher = make(replace(FAST, read_timeout=5, deadline=60), abort)
     thread, result = _fetch_in_thread(fetcher, url, folder)
-    # Downloading for real: the temporary file exists.
-    _wait_until(lambda: list(folder.glob(".imgfetch-*.tmp")) if folder.exists() else [])
+    _wait_until(lambda: server.requests_for(url) == 1)
+    time.sleep(0.3)  # some of the body has arrived
     started = time.monotonic()
     abort.set()
     thread.join(timeout=10)
     assert not thread.is_alive(), "fetch ignored the abort"
     assert time.monotonic() - started < 5
+    assert isinstance(result.get("error"), Aborted), result
+    assert files_in(folder) == []
+
+
+def test_abort_while_streaming_a_large_body_removes_its_temp_file(
+    server: ImageServer, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past SPILL_BYTES the body streams into its temporary file; an abort then
+    # must remove that file.
+    monkeypatch.setattr(fetch_module, "SPILL_BYTES", 1024)
+    abort = threading.Event()
+    url = server.url("abort-big", size=4000, drip=0.001)
+    fetcher = make(replace(FAST, read_timeout=5, deadline=60), abort)
+    thread, result = _fetch_in_thread(fetcher, url, folder)
+    _wait_until(lambda: list(folder.glob(".imgfetch-*.tmp")) if folder.exists() else [])
+    abort.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "fetch ignored the abort"
     assert isinstance(result.get("error"), Aborted), result
     assert files_in(folder) == []
 
@@ -810,66 +829,67 @@ def test_saved_file_mode_follows_umask(
     assert saved.read_bytes() == server.expected_bytes(url)
 
 
-# --------------------------------------------------------- connection pool
+# ------------------------------------------------------------ connections
 
 
-@pytest.mark.parametrize(
-    ("pool_size", "per_host", "size"),
-    [
-        (1, 1, 1),
-        (5, 4, 5),
-        (32, 4, 32),
-        (2, 6, 6),  # the gate lets 6 through to one host: 6 connections to keep
-    ],
-)
-def test_pool_holds_a_connection_per_worker_and_per_host_slot(
-    pool_size: int, per_host: int, size: int
-) -> None:
-    fetcher = make(replace(FAST, pool_size=pool_size, per_host=per_host))
-    for scheme in ("http://", "https://"):
-        adapter = fetcher.session.get_adapter(f"{scheme}img.example.com/a.jpg")
-        assert isinstance(adapter, HTTPAdapter)
-        assert adapter._pool_maxsize == size  # type: ignore[attr-defined]
-        assert adapter._pool_connections == size  # type: ignore[attr-defined]
-        assert adapter.poolmanager.connection_pool_kw["maxsize"] == size
-        # The per-host pool urllib3 creates holds `size` connections.
-        pool = adapter.poolmanager.connection_from_url(f"{scheme}127.0.0.1:9/")
-        assert pool.pool is not None and pool.pool.maxsize == size
+def test_a_worker_reuses_its_connection(server: ImageServer, folder: Path) -> None:
+    fetcher = make(FAST)
+    for n in range(5):
+        fetcher.fetch(server.url(f"reuse{n}"), folder, f"main_{n}")
     fetcher.close()
+    assert server.total_requests == 5
+    assert server.connections_opened == 1
 
 
-def _concurrent_fetches(
-    server: ImageServer,
-    tmp_path: Path,
-    pool_size: int,
-    workers: int,
-    adapter: HTTPAdapter | None = None,
+def test_concurrent_workers_keep_one_connection_each(
+    server: ImageServer, tmp_path: Path
 ) -> None:
-    fetcher = make(replace(FAST, pool_size=pool_size, per_host=workers))
-    if adapter is not None:
-        fetcher.session.mount("http://", adapter)
-    urls = [server.url(f"c{i}", size=4000, delay=0.2) for i in range(workers)]
-    threads = [
-        threading.Thread(target=fetcher.fetch, args=(u, tmp_path / "c", f"i{n}"))
-        for n, u in enumerate(urls)
-    ]
+    workers, rounds = 6, 3
+    fetcher = make(replace(FAST, per_host=workers))
+
+    def work(n: int) -> None:
+        for r in range(rounds):
+            url = server.url(f"c{n}-{r}", size=4000, delay=0.05)
+            fetcher.fetch(url, tmp_path / "c", f"i{n}_{r}")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=20)
+        thread.join(timeout=30)
     fetcher.close()
-    assert len(list((tmp_path / "c").iterdir())) == workers
+    assert len(list((tmp_path / "c").iterdir())) == workers * rounds
+    assert server.total_requests == workers * rounds
+    assert server.connections_opened <= workers
 
 
-def test_pool_keeps_a_connection_per_worker(
-    server: ImageServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+# ------------------------------------------------------------ URLs on the wire
+
+
+@pytest.mark.parametrize(
+    ("url", "wire"),
+    [
+        ("http://h.test/a.jpg?x=1", "http://h.test/a.jpg?x=1"),
+        ("http://h.test/a b.jpg", "http://h.test/a%20b.jpg"),
+        (
+            "http://h.test/图片/1.jpg?k=值",
+            "http://h.test/%E5%9B%BE%E7%89%87/1.jpg?k=%E5%80%BC",
+        ),
+        # Already encoded: not encoded twice.
+        ("http://h.test/a%20b.jpg", "http://h.test/a%20b.jpg"),
+        ("http://例子.测试/a.jpg", "http://xn--fsqu00a.xn--0zwm56d/a.jpg"),
+        ("http://u:p@例子.测试:81/a b", "http://u:p@xn--fsqu00a.xn--0zwm56d:81/a%20b"),
+    ],
+)
+def test_wire_url_encodes_what_a_browser_would(url: str, wire: str) -> None:
+    assert wire_url(url) == wire
+
+
+def test_a_url_with_spaces_and_chinese_is_fetched(
+    server: ImageServer, folder: Path
 ) -> None:
-    # urllib3 warns "Connection pool is full, discarding connection" when more
-    # threads share a host than the pool holds; sized right, it never does.
-    caplog.set_level(logging.WARNING, logger="urllib3")
-    _concurrent_fetches(server, tmp_path, pool_size=6, workers=6)
-    assert "pool is full" not in caplog.text
-    # The check is able to fail: an undersized pool does discard connections.
-    small = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
-    _concurrent_fetches(server, tmp_path / "small", 1, workers=6, adapter=small)
-    assert "pool is full" in caplog.text
+    url = server.url("产品 图").replace("%E4%BA%A7%E5%93%81%20%E5%9B%BE", "产品 图")
+    assert "产品 图" in url
+    saved = fetch_ok(server, folder, url)
+    assert server.requests_for(wire_url(url)) == 1
+    assert (folder / saved.filename).read_bytes() == server.expected_bytes(url)

@@ -12,7 +12,6 @@ import pytest
 
 from imgfetch import fsutil
 from imgfetch.fsutil import (
-    FILE_MODE,
     atomic_write_bytes,
     fsync_dir,
     remove_stale_temp_files,
@@ -85,8 +84,17 @@ def test_atomic_write_long_file_name(tmp_path: Path) -> None:
     assert temps(tmp_path) == []
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what any program of this user creates
+
+
 def test_atomic_write_mode_is_the_process_file_mode(tmp_path: Path) -> None:
-    # Not mkstemp's 0600; replacing a 0600 file gives the normal mode too.
+    # Not a private 0600; replacing a 0600 file gives the normal mode too.
     target = tmp_path / "x.json"
     target.write_bytes(b"")
     os.chmod(target, 0o600)
@@ -116,7 +124,7 @@ print(oct(os.umask(0)))
     [("022", 0o644), ("027", 0o640), ("077", 0o600), ("002", 0o664)],
 )
 def test_mode_respects_umask(tmp_path: Path, umask: str, mode: int) -> None:
-    # The umask is read once, at import: each case needs a fresh process.
+    # A fresh process per umask, as a user's shell would start imgfetch.
     out = subprocess.run(
         [sys.executable, "-c", _UMASK_SCRIPT, umask, str(tmp_path)],
         capture_output=True,
@@ -125,7 +133,6 @@ def test_mode_respects_umask(tmp_path: Path, umask: str, mode: int) -> None:
         check=True,
     ).stdout.split()
     assert [int(x, 8) for x in out] == [mode, mode, int(umask, 8)]
-    # Reading the umask at import left it as it was.
     assert mode_of(tmp_path / "state.json") == mode
     assert mode_of(tmp_path / "main_1.jpg") == mode
 

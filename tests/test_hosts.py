@@ -248,7 +248,7 @@ def test_server_never_sees_more_than_per_host_requests(
     server: ImageServer, tmp_path: Path, per_host: int
 ) -> None:
     # Eight workers, each request held 0.15 s by the server.
-    config = FetchConfig(pool_size=8, per_host=per_host, retries=0)
+    config = FetchConfig(per_host=per_host, retries=0)
     urls = [server.url(f"ph{n}", delay=0.15) for n in range(8)]
     _fetch_all(Fetcher(config, threading.Event()), urls, tmp_path)
     assert len(list(tmp_path.iterdir())) == 8
@@ -260,7 +260,7 @@ def test_without_a_tight_cap_the_server_sees_parallel_requests(
 ) -> None:
     # The counterpart of the test above, so it is able to fail: the same load
     # with 8 slots per host does overlap at the server.
-    config = FetchConfig(pool_size=8, per_host=8, retries=0)
+    config = FetchConfig(per_host=8, retries=0)
     urls = [server.url(f"pa{n}", delay=0.5) for n in range(8)]
     _fetch_all(Fetcher(config, threading.Event()), urls, tmp_path)
     assert server.max_concurrency > 2

@@ -43,7 +43,7 @@ from imgfetch.backends import backend_names, open_store, store_class
 from imgfetch.catalog import product_id
 from imgfetch.engine import Engine, EngineConfig
 from imgfetch.errors import StateError
-from imgfetch.fetch import FetchConfig, Fetcher
+from imgfetch.fetch import SPILL_BYTES, FetchConfig, Fetcher
 from imgfetch.messages import Messages
 from imgfetch.progress import ProgressView, Tally
 from imgfetch.signals import SignalWatcher
@@ -372,7 +372,7 @@ def slow_catalog(
     for index, product in enumerate(catalog):
         if slow is not None and index % slow_every == slow_every - 1:
             product["qc_images"] = [
-                server.url(f"{product['id']}-qc-1", size=1800, **slow)
+                server.url(f"{product['id']}-qc-1", **{"size": 1800, **slow})
             ]
     return catalog
 
@@ -560,9 +560,11 @@ def test_stalled_server_exits_within_grace_period_plus_one_second(
 def test_interrupt_while_images_are_half_written_leaves_no_temp_files(
     server: ImageServer, tmp_path: Path, children: list[Child], store_name: str
 ) -> None:
-    # The qc image of every product drips a byte every 10 ms (18 s in all), so its
-    # temporary file sits half written when the signal comes.
-    catalog = slow_catalog(server, 8, slow={"drip": 0.01})
+    # The qc image of every product arrives fast up to past SPILL_BYTES (so it
+    # streams into its temporary file), then drips a byte every 10 ms (18 s in
+    # all): the temporary file sits half written when the signal comes.
+    slow = {"size": SPILL_BYTES + 1800, "fast": SPILL_BYTES + 1, "drip": 0.01}
+    catalog = slow_catalog(server, 8, slow=slow)
     source = write_catalog(tmp_path / "products.json", catalog)
     data = tmp_path / "data"
 

@@ -52,6 +52,7 @@ from conftest import (
 
 from imgfetch.backends import backend_names, open_store
 from imgfetch.backends.base import Failure
+from imgfetch.fetch import SPILL_BYTES
 from imgfetch.paths import product_dir_name
 from imgfetch.testimages import image_bytes
 from imgfetch.testserver import ImageServer
@@ -567,7 +568,7 @@ def test_bodies_over_max_bytes_stop_early_and_leave_no_file(
 # ------------------------------------------------------------- file modes
 
 UMASK = 0o027
-FILE_MODE = 0o666 & ~UMASK  # 0640: neither mkstemp's 0600 nor a fixed 0644
+FILE_MODE = 0o666 & ~UMASK  # 0640: neither a private 0600 nor a fixed 0644
 
 
 def _find_temp(data: Path, proc: subprocess.Popen[str]) -> Path:
@@ -586,7 +587,10 @@ def test_files_in_flight_and_at_rest_get_the_umasks_mode(
 ) -> None:
     release = threading.Event()
     held = hostile.url(
-        "/held", Route(image_bytes("held", "jpeg", 8192), 1024, hold=release)
+        # A head over fetch.SPILL_BYTES streams into its temporary file, which
+        # is then caught in flight while the rest is held.
+        "/held",
+        Route(image_bytes("held", "jpeg", SPILL_BYTES + 8192), 1024, hold=release),
     )
     records = [
         {"id": "p1", "main_images": [held, server.url("m1")]},
@@ -615,9 +619,8 @@ def test_files_in_flight_and_at_rest_get_the_umasks_mode(
         release.set()
         out, err = proc.communicate(timeout=60)
 
-    # mkstemp makes the file 0600 and imgfetch then opens it to the umask's mode;
-    # caught between the two it is stricter still. Never more open than that.
-    assert in_flight in (0o600, FILE_MODE), oct(in_flight)
+    # Created with the umask's mode from the start (no window with another one).
+    assert in_flight == FILE_MODE, oct(in_flight)
     assert proc.returncode == 0, err
     images = {p for p in data_files(data) if p.parent.parent == data / "images"}
     assert len(images) == 4

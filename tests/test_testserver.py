@@ -357,6 +357,16 @@ def test_drip(server: ImageServer) -> None:
     assert response.content == server.expected_bytes(url)
 
 
+def test_drip_after_a_fast_head(server: ImageServer) -> None:
+    # 4,000 bytes at once, then 20 bytes one at a time: the head is not dripped
+    # (4,020 bytes at 20 ms each would take 80 s, past the read timeout).
+    url = server.url("drop-fast", "jpeg", 4020, drip=0.02, fast=4000)
+    started = time.monotonic()
+    response = requests.get(url, timeout=5)
+    assert time.monotonic() - started >= 0.3
+    assert response.content == server.expected_bytes(url)
+
+
 def test_stall_times_out_and_stop_is_prompt() -> None:
     srv = ImageServer().start()
     url = srv.url("hung", stall=1)
