@@ -13,7 +13,6 @@ reason that names neither the URL nor a header.
 
 from __future__ import annotations
 
-import email.utils
 import math
 import os
 import threading
@@ -67,7 +66,6 @@ class Answer:
     location: str | None  # absolute; set for a redirect with a Location
     retry_after: float | None
     content_type: str
-    received: int  # body bytes as they came over the wire
     # Why the sink stopped the body (too large, not an image...), if it did:
     # the reason for a 200, beside the point for an error status.
     sink_error: Exception | None
@@ -144,7 +142,6 @@ class Client:
             location = curl.getinfo(pycurl.REDIRECT_URL)
             wait = retry_after(lines) if status in (429, 503) else None
             content_type = curl.getinfo(pycurl.CONTENT_TYPE) or "none"
-            received = int(curl.getinfo(pycurl.SIZE_DOWNLOAD_T))
         except BaseException:
             sink.close()
             raise
@@ -156,7 +153,6 @@ class Client:
             location,
             wait,
             content_type,
-            received,
             body.sink_error,
         )
 
@@ -282,6 +278,8 @@ def retry_after(lines: list[bytes]) -> float | None:
         return None
     if value.isdigit():
         return float(value)
+    import email.utils  # rarely needed; a start-up cost at the top
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

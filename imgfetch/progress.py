@@ -8,22 +8,16 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO
-
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
+from typing import IO, TYPE_CHECKING
 
 from .messages import Messages
+
+if TYPE_CHECKING:
+    # Imported where used: the live display's modules cost a few dozen ms of
+    # start-up that plain and silent runs do not need.
+    from rich.console import Console, RenderableType
+    from rich.live import Live
+    from rich.progress import TaskID
 
 RECENT_LINES = 5
 
@@ -105,6 +99,14 @@ class RichView(ProgressView):
     """
 
     def __init__(self, msg: Messages, tally: Tally, console: Console) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
         super().__init__(msg, tally)
         self.console = console
         self.recent: deque[str] = deque(maxlen=RECENT_LINES)
@@ -123,6 +125,8 @@ class RichView(ProgressView):
         self.live: Live | None = None
 
     def begin(self, total: int, done_before: int) -> None:
+        from rich.live import Live
+
         self.task = self.progress.add_task(
             self.msg("label_products"),
             total=total,
@@ -161,6 +165,10 @@ class RichView(ProgressView):
                 live.stop()
 
     def _render(self) -> RenderableType:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
         counts = Table.grid(padding=(0, 2))
         row = [
             self.msg.category_count(c, n) for c, n in self.tally.per_category.items()
