@@ -47,6 +47,8 @@ class Forbidden(Permanent):
 
 def check_fetchable(url: str) -> None:
     """Only http and https are ever requested: never a local file."""
+    if url[:8].lower().startswith(("http://", "https://")) and "[" not in url:
+        return  # the common case, once per request: no need to parse it all
     try:
         scheme = urlsplit(url).scheme.lower()
     except ValueError:

@@ -151,7 +151,7 @@ class Engine:
         self._home_checked = 0.0
         # URL -> where this run saved it (the most recent few), and URL -> the
         # jobs waiting for its download in flight: a URL is fetched once.
-        self._fetched: OrderedDict[str, tuple[Path, SavedImage]] = OrderedDict()
+        self._fetched: OrderedDict[str, tuple[str, SavedImage]] = OrderedDict()
         self._in_flight: dict[str, list[_Job]] = {}
         self._active: dict[str, _ProductRun] = {}
         self._workers: list[threading.Thread] = []
@@ -292,7 +292,7 @@ class Engine:
         waiters = self._in_flight.pop(image.url, None) or []
         if isinstance(outcome, SavedImage):
             relpath = image_relpath(run.product.id, image.stem, _ext(outcome.filename))
-            self._remember_fetched(image.url, self.data_dir / relpath, outcome)
+            self._remember_fetched(image.url, relpath, outcome)
             run.saved[(image.category, image.index)] = relpath
             # Without user and password, as in failure records: only the pending
             # input record holds the URL exactly as given.
@@ -330,8 +330,8 @@ class Engine:
 
     # -- the same URL in several places --------------------------------------------
 
-    def _remember_fetched(self, url: str, path: Path, saved: SavedImage) -> None:
-        self._fetched[url] = (path, saved)
+    def _remember_fetched(self, url: str, relpath: str, saved: SavedImage) -> None:
+        self._fetched[url] = (relpath, saved)
         self._fetched.move_to_end(url)
         if len(self._fetched) > _FETCHED_MEMORY:
             self._fetched.popitem(last=False)
@@ -342,7 +342,8 @@ class Engine:
         known = self._fetched.get(image.url)
         if known is None:
             return False
-        saved = _link_or_copy(known[0], run.folder, image.stem, known[1])
+        source = self.data_dir / known[0]
+        saved = _link_or_copy(source, run.folder, image.stem, known[1])
         if saved is None:
             return False  # the first file is gone: download again
         run.saved[(image.category, image.index)] = image_relpath(
@@ -367,7 +368,7 @@ class Engine:
         if isinstance(outcome, SavedImage):
             known = self._fetched.get(image.url)
             linked = known and _link_or_copy(
-                known[0], waiter.run.folder, image.stem, known[1]
+                self.data_dir / known[0], waiter.run.folder, image.stem, known[1]
             )
             return linked or SKIPPED  # SKIPPED: it stays pending, fetched next run
         return outcome

@@ -313,6 +313,7 @@ class _ImageSink(Sink):
 
     def __init__(self, folder: Path, stem: str, max_bytes: int) -> None:
         self.folder = folder
+        self.prefix = f"{os.fspath(folder)}{os.sep}{stem}."  # strings: once per image
         self.stem = stem
         self.max_bytes = max_bytes
         self.chunks: list[bytes] = []
@@ -341,7 +342,7 @@ class _ImageSink(Sink):
         self.format = sniff_format(body[:SNIFF_BYTES])
         if self.format is None:
             raise _NotAnImage(describe_non_image(body[:SNIFF_BYTES]))
-        final = self.folder / f"{self.stem}.{EXTENSIONS[self.format]}"
+        final = self.prefix + EXTENSIONS[self.format]
         try:
             self._fd, self._temp = create_temp_beside(final)
         except FileNotFoundError:
@@ -363,7 +364,7 @@ class _ImageSink(Sink):
     def commit(self, saved: SavedImage) -> SavedImage:
         if not BATCH_SYNC:
             os.fsync(self._fd)
-        os.replace(self._temp, self.folder / saved.filename)
+        os.replace(self._temp, self.prefix + EXTENSIONS[saved.format])
         self._temp = ""
         return saved
 

@@ -21,15 +21,16 @@ _NAME_HINT = 100
 _TEMP_NAMES = itertools.count()
 
 
-def create_temp_beside(path: Path) -> tuple[int, str]:
+def create_temp_beside(path: str | Path) -> tuple[int, str]:
     """A new, empty temporary file in the folder of `path`: (descriptor, name).
 
     Opened with mode 0666 so that the kernel applies the umask, as for any file
     the user makes; the name holds the process id and a counter, and O_EXCL makes
     sure a file left by a killed run is never written into.
     """
-    hint = os.fsencode(path.name)[:_NAME_HINT].decode("utf-8", "ignore")
-    stem = os.path.join(path.parent, f"{TEMP_PREFIX}{hint}.{os.getpid():x}-")
+    folder, base = os.path.split(os.fspath(path))
+    hint = os.fsencode(base)[:_NAME_HINT].decode("utf-8", "ignore")
+    stem = os.path.join(folder, f"{TEMP_PREFIX}{hint}.{os.getpid():x}-")
     while True:
         name = f"{stem}{next(_TEMP_NAMES):x}{TEMP_SUFFIX}"
         try:

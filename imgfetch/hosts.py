@@ -26,6 +26,21 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 def host_key(url: str) -> str:
     """`hostname:port` of a URL, the unit politeness is counted in."""
+    # Once per image: the answer is cached per scheme and authority, which is
+    # cheap to cut out of an absolute URL, instead of parsing every URL whole.
+    scheme, sep, rest = url.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    key = _KEYS.get((scheme, authority)) if sep else None
+    if key is None:
+        key = _parse_host_key(url)
+        if sep:
+            if len(_KEYS) >= _KEYS_KEPT:
+                _KEYS.clear()
+            _KEYS[(scheme, authority)] = key
+    return key
+
+
+def _parse_host_key(url: str) -> str:
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     try:
@@ -33,6 +48,10 @@ def host_key(url: str) -> str:
     except ValueError:
         port = None
     return f"{host}:{port or _DEFAULT_PORTS.get(parts.scheme.lower(), 0)}"
+
+
+_KEYS: dict[tuple[str, str], str] = {}
+_KEYS_KEPT = 10_000  # hosts; a catalog has a handful of CDNs
 
 
 @dataclass
