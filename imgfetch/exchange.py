@@ -117,15 +117,24 @@ class Client:
         which the caller keeps or closes by the status. Raises Permanent or
         Transient (after closing the sink) when no whole answer came."""
         curl = self._handle()
-        wire = wire_url(url)
-        curl.setopt(pycurl.URL, wire)
-        curl.setopt(pycurl.HTTPHEADER, headers)
+        curl.setopt(pycurl.URL, wire_url(url))
         proxy = self._proxy_for(url)
-        curl.setopt(pycurl.PROXY, proxy)
+        # Options that rarely change are set only when they do (this runs once
+        # per request).
+        last = self._local.last
+        if last.get(pycurl.HTTPHEADER) != headers:
+            curl.setopt(pycurl.HTTPHEADER, headers)
+            last[pycurl.HTTPHEADER] = headers
+        if last.get(pycurl.PROXY) != proxy:
+            curl.setopt(pycurl.PROXY, proxy)
+            last[pycurl.PROXY] = proxy
+        # libcurl has no per-read timeout: "under 1 byte/s for this long" is one.
+        slow = max(1, math.ceil(read_timeout))
+        if last.get(pycurl.LOW_SPEED_TIME) != slow:
+            curl.setopt(pycurl.LOW_SPEED_TIME, slow)
+            last[pycurl.LOW_SPEED_TIME] = slow
         curl.setopt(pycurl.CONNECTTIMEOUT_MS, _ms(min(connect_timeout, time_left)))
         curl.setopt(pycurl.TIMEOUT_MS, _ms(time_left))
-        # libcurl has no per-read timeout: "under 1 byte/s for this long" is one.
-        curl.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(read_timeout)))
         body = _Body(sink, self.stopped)
         curl.setopt(pycurl.WRITEFUNCTION, body.write)
         # Every header line, raw: only Retry-After is read from them, and only for
@@ -173,6 +182,7 @@ class Client:
         if self.cookies is not None:
             curl.setopt(pycurl.COOKIEFILE, str(self.cookies))
         self._local.curl = curl
+        self._local.last = {}  # option -> the value it was last set to
         with self._lock:
             self._handles.append(curl)
         return curl

@@ -126,6 +126,9 @@ class HostGate:
         self._state(host).referer_flipped = flipped
 
     def _state(self, host: str) -> _Host:
+        state = self._hosts.get(host)  # a dict lookup is atomic: no lock to find it
+        if state is not None:
+            return state
         with self._lock:
             state = self._hosts.get(host)
             if state is None:
@@ -140,6 +143,8 @@ class HostGate:
         return False
 
     def _wait_turn(self, state: _Host, abort: threading.Event) -> bool:
+        if not self.interval and state.not_before <= self._clock():
+            return True  # no --rate and no pause: nothing to wait for, or to reserve
         with self._lock:
             start = max(self._clock(), state.next_start, state.not_before)
             # Reserving the start now spaces the requests of concurrent workers
