@@ -13,6 +13,7 @@ reason that names neither the URL nor a header.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -101,7 +102,10 @@ class Client:
         with self._lock:
             handles, self._handles = self._handles, []
         for handle in handles:
-            handle.close()
+            # A worker still in a transfer (stuck on a silent server at exit)
+            # keeps its handle: pycurl refuses to close one in use.
+            with contextlib.suppress(pycurl.error):
+                handle.close()
 
     def get(
         self,
@@ -179,8 +183,12 @@ class Client:
         curl.setopt(pycurl.SHARE, self._share)
         if self.ca_bundle is not None:
             curl.setopt(pycurl.CAINFO, self.ca_bundle)
-        if self.cookies is not None:
-            curl.setopt(pycurl.COOKIEFILE, str(self.cookies))
+        # The cookie engine is on even without --cookies: a CDN that sets a
+        # cookie on the first image gets it back on the next ones, from any
+        # worker (the share holds one jar), as a browser would send it.
+        curl.setopt(
+            pycurl.COOKIEFILE, "" if self.cookies is None else str(self.cookies)
+        )
         self._local.curl = curl
         self._local.last = {}  # option -> the value it was last set to
         with self._lock:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from conftest import (
 from imgfetch.access import load_cookies, parse_header
 from imgfetch.errors import UsageError
 from imgfetch.fetch import FetchConfig, Fetcher, ImageFailed, SavedImage
+from imgfetch.testimages import image_bytes
 from imgfetch.testserver import FAULT_KINDS, ImageServer
 
 FAST = FetchConfig(
@@ -245,6 +247,50 @@ def test_cookies_file_cookies_are_sent(server: ImageServer, tmp_path: Path) -> N
     (headers,) = server.headers_for(url)
     sent = sorted(headers["Cookie"].split("; "))
     assert sent == ["lang=zh", "session=abc123"]
+
+
+class _CookieSetter(BaseHTTPRequestHandler):
+    """Sets a cookie on /first; answers any request with the Cookie it got."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[str | None] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.seen.append(self.headers.get("Cookie"))
+        body = image_bytes(self.path, "png", 300)
+        self.send_response(200)
+        if self.path == "/first.png":
+            self.send_header("Set-Cookie", "visitor=v42; Path=/")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_cookie_the_server_sets_is_sent_back_by_every_worker(
+    tmp_path: Path,
+) -> None:
+    # Some CDNs set a cookie on the first image and want it on the next ones.
+    _CookieSetter.seen = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _CookieSetter)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    fetcher = Fetcher(FAST, threading.Event())
+    try:
+        fetcher.fetch(f"{base}/first.png", tmp_path, "a")
+        # Another thread, so another libcurl handle: the jar is shared.
+        thread = threading.Thread(
+            target=fetcher.fetch, args=(f"{base}/second.png", tmp_path, "b")
+        )
+        thread.start()
+        thread.join(timeout=30)
+    finally:
+        fetcher.close()
+        httpd.shutdown()
+        httpd.server_close()
+    assert _CookieSetter.seen == [None, "visitor=v42"]
 
 
 def test_proxy_option_wins_over_the_environment(
