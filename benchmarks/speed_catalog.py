@@ -166,6 +166,7 @@ def _row(d: dict[str, Any], limit: float) -> list[object]:
     saves = during(d["flushes"])
     writes = sum(during(d.get("store_writes", [])))
     final = sum(took for at, took in d["flushes"] if at >= end)
+    final += d["store"].get("close", 0.0)
     record_image, claim = d["store"]["record_image"], d["store"]["claim"]
     share = (sum(saves) + record_image + claim) / phase
     rate = d.get("images_at_signal", d.get("images_total", 0)) / phase
@@ -259,7 +260,8 @@ def scenario(args: argparse.Namespace, root: Path) -> str:
         "store", "products", "start-up (s)", "catalog read (s)",
         "planning (s)", "peak RSS at start (MB)", "images/s in run",
         "state share of run", "saves in run: count, time (store part)",
-        "record_image (s)", "claim (s)", "longest save (s)", "save after SIGINT (s)",
+        "record_image (s)", "claim (s)", "longest save (s)",
+        "save after SIGINT, close included (s)",
         "peak RSS (MB)", "SIGINT to exit (s)", "state on disk (MB)",
     ]  # fmt: skip
     catalog_sizes = ", ".join(

@@ -26,8 +26,9 @@ from typing import Any
 
 from imgfetch.signals import catch_early
 
-# Store calls that write or read state while the engine runs.
-STORE_CALLS = ("add_pending", "record_image", "record_many", "flush", "claim")
+# Store calls that write or read state while the engine runs, and close (the
+# JSON store rewrites its pending file there when a save left it stale).
+STORE_CALLS = ("add_pending", "record_image", "record_many", "flush", "claim", "close")
 TIMED_CALLS = ("record_many", "flush")  # few calls: each one is kept with its time
 STARTED_ENV = "SPEED_PROBE_STARTED"  # a file to create when the engine starts
 

@@ -54,7 +54,8 @@ _JOIN_WAIT = 0.2  # seconds, all workers together, for idle ones to exit at the 
 # product, one shop), and a million would cost a gigabyte.
 _FETCHED_MEMORY = 50_000
 _HEARTBEAT = 5.0  # seconds between calls that let a shared store renew its leases
-_DURABLE_SAVE_INTERVAL = 0.25  # seconds; see _maybe_flush
+_DURABLE_SAVE_INTERVAL = 1.0  # seconds; see _maybe_flush
+_MAX_SAVE_GAP = 10.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -396,17 +397,21 @@ class Engine:
         if not self._since_flush:
             return
         interval = self.config.save_interval
+        every = self._since_flush >= self.config.save_every
         if self.store.durable_on_record:
-            # Recording is cheap and flat for these stores: record almost at once,
-            # so kill -9 loses next to nothing, but still a batch at a time.
+            # Recording is cheap and flat for these stores, but every save also
+            # syncs the images saved since the last one (10-30 ms, mostly fixed):
+            # once a second keeps that to a few percent of the run, and kill -9
+            # loses at most a second of records (their images stay and are
+            # reused by the next run).
             interval = min(interval, _DURABLE_SAVE_INTERVAL)
-        due = (
-            self._since_flush >= self.config.save_every
-            or now - self._last_flush >= interval
-        )
-        # A big JSON mapping is slow to rewrite: never spend more than about a
-        # tenth of the run persisting it, whatever --save-every says.
-        if due and now - self._last_flush >= 9 * self._flush_cost:
+            every = False
+        due = every or now - self._last_flush >= interval
+        # Never spend more than about a twentieth of the run saving (a big JSON
+        # mapping is slow to rewrite), whatever --save-every says; and never let
+        # that stretch the gap between two saves past _MAX_SAVE_GAP.
+        spacing = min(19 * self._flush_cost, _MAX_SAVE_GAP)
+        if due and now - self._last_flush >= spacing:
             self._flush()
 
     def _flush(self) -> None:

@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
-from imgfetch.backends import open_store
+from imgfetch.backends import json_store, open_store
 from imgfetch.backends.base import Failure
 from imgfetch.backends.json_store import JsonStore
 from imgfetch.catalog import product_id
 from imgfetch.errors import StateError, UsageError
+
+PENDING = "pending_tasks.json"
 
 
 def key(record: dict[str, Any]) -> str:
@@ -142,3 +144,102 @@ def test_registry_suggests_a_close_name(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="did you mean 'json'"):
         open_store("jsn", tmp_path)
     assert isinstance(open_store("json", tmp_path), JsonStore)
+
+
+# -- a big pending file is not rewritten at every save ---------------------------------
+
+
+def pending_ids(data_dir: Path) -> list[str]:
+    return [r["id"] for r in json.loads((data_dir / "pending_tasks.json").read_text())]
+
+
+def test_a_big_pending_file_is_rewritten_when_added_to_half_done_and_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(json_store, "SMALL_PENDING", 1)
+    ids = [f"p{n}" for n in range(6)]
+    store = opened(tmp_path)
+    store.add_pending((pid, {"id": pid}) for pid in ids)
+    store.flush()
+    assert pending_ids(tmp_path) == ids
+
+    # Recorded: in the mapping at once, while the pending file keeps listing it
+    # (as after a kill between the two writes); every reader sees it completed.
+    store.record_product("p0", entry("p0"), [])
+    store.flush()
+    assert pending_ids(tmp_path) == ids
+    assert "p0" in json.loads((tmp_path / "image_mapping.json").read_text())
+    assert [pid for pid, _ in opened(tmp_path).pending()] == ids[1:]
+
+    # Half of the file done: rewritten.
+    store.record_many([(pid, entry(pid), []) for pid in ("p1", "p2")])
+    store.flush()
+    assert pending_ids(tmp_path) == ids[3:]
+
+    # Products added: rewritten.
+    store.record_product("p3", entry("p3"), [])
+    store.add_pending([("p6", {"id": "p6"})])
+    store.flush()
+    assert pending_ids(tmp_path) == ["p4", "p5", "p6"]
+
+    # The end of the command: exactly what is left.
+    store.record_product("p4", entry("p4"), [])
+    store.flush()
+    assert pending_ids(tmp_path) == ["p4", "p5", "p6"]
+    store.close()
+    assert pending_ids(tmp_path) == ["p5", "p6"]
+    reopened = opened(tmp_path)
+    assert reopened.completed_count() == 5
+    assert [pid for pid, _ in reopened.claim(5)] == ["p5", "p6"]
+
+
+def test_close_writes_nothing_into_a_folder_that_replaced_the_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(json_store, "SMALL_PENDING", 0)
+    data = tmp_path / "data"
+    data.mkdir()
+    store = opened(data)
+    store.add_pending((pid, {"id": pid}) for pid in ("a", "b", "c"))
+    store.flush()
+    store.record_product("a", entry("a"), [])
+    store.flush()
+    data.rename(tmp_path / "moved")
+    data.mkdir()
+    store.close()
+    assert list(data.iterdir()) == []
+    assert [
+        r["id"] for r in json.loads((tmp_path / "moved" / PENDING).read_text())
+    ] == [
+        "a",
+        "b",
+        "c",
+    ]
+
+
+def test_the_failures_file_is_written_only_when_failures_change(tmp_path: Path) -> None:
+    store = opened(tmp_path)
+    failure = Failure("main", 1, "http://127.0.0.1:1/x.jpg", "HTTP 404", 1)
+    store.record_product("a", entry("a"), [failure])
+    store.flush()
+    failed = tmp_path / "failed_images.json"
+    written = failed.stat().st_ino  # a new inode with every atomic write
+    store.record_product("b", entry("b"), [])
+    store.flush()
+    assert failed.stat().st_ino == written
+    store.record_product("c", entry("c"), [failure])
+    store.flush()
+    assert failed.stat().st_ino != written
+    assert sorted(json.loads(failed.read_text())) == ["a", "c"]
+
+
+def test_pending_records_are_kept_as_their_text_in_the_file(tmp_path: Path) -> None:
+    # As dicts, a million pending products held 2.9 GB.
+    records = [{"id": str(n), "main_images": [f"http://x/{n}.jpg"]} for n in range(3)]
+    store = opened(tmp_path)
+    store.add_pending((r["id"], r) for r in records)
+    assert all(isinstance(value, bytes) for value in store._pending.values())
+    assert store.pending() == [(r["id"], r) for r in records]
+    store.flush()
+    # Each kept text is exactly what the file holds for that product.
+    assert (tmp_path / PENDING).read_bytes() == json_store.dump_json(records)

@@ -407,3 +407,160 @@ def test_a_writer_that_finds_its_new_folder_made_by_another_succeeds(
     store.record_product("a", entry("a"), [])
     assert made_by_other == [done_path(tmp_path, "a").parent]
     assert store.mapping_entry("a") == entry("a")
+
+
+# -- batches: markers written together, synced together ------------------------------
+
+together = pytest.mark.skipif(
+    not markers_store.SYNC_TOGETHER, reason="batches are synced together on Linux"
+)
+
+
+def visible(data_dir: Path, pids: list[str]) -> tuple[set[str], set[str], int]:
+    """Which of `pids` have a done marker, which a failed copy, and how many
+    temporary files the markers folder holds."""
+    temps = [p for p in (data_dir / "markers").rglob("*") if p.name.endswith(".tmp")]
+    return (
+        {pid for pid in pids if done_path(data_dir, pid).exists()},
+        {pid for pid in pids if failed_path(data_dir, pid).exists()},
+        len(temps),
+    )
+
+
+def batch_of(pids: list[str]) -> list[tuple[str, dict[str, list[str]], list[Failure]]]:
+    """Every third product has a failed image."""
+    return [
+        (pid, entry(pid), [Failure("qc", 1, f"http://x/{pid}", "r")] if n % 3 else [])
+        for n, pid in enumerate(pids)
+    ]
+
+
+@together
+def test_a_batch_is_named_only_after_its_data_is_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pids = [f"b{n}" for n in range(12)]
+    failed = {pid for n, pid in enumerate(pids) if n % 3}
+    store = opened(tmp_path)
+    store.add_pending([(pid, record(pid)) for pid in pids])
+    seen: list[tuple[set[str], set[str], int]] = []
+    real = markers_store.sync_filesystem
+
+    def sync(folder: Path) -> None:
+        seen.append(visible(tmp_path, pids))
+        real(folder)
+
+    monkeypatch.setattr(markers_store, "sync_filesystem", sync)
+    store.record_many(batch_of(pids))
+    assert seen == [
+        # Every file written, none named: a power loss now loses the batch.
+        (set(), set(), len(pids) + len(failed)),
+        # Failed copies before any done marker: failed/ lists a superset.
+        (set(), failed, len(pids)),
+        # Then the done markers, made durable before the call returns.
+        (set(pids), failed, 0),
+    ]
+    assert store.completed_count() == len(pids)
+    again = opened(tmp_path)
+    assert sorted(again.failures()) == sorted(failed)
+    assert dict(again.iter_mapping()) == {pid: entry(pid) for pid in pids}
+
+
+@together
+@pytest.mark.parametrize("failing", [1, 2, 3])
+def test_a_batch_that_fails_leaves_whole_markers_and_no_temporary_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: int
+) -> None:
+    pids = [f"b{n}" for n in range(12)]
+    store = opened(tmp_path)
+    store.add_pending([(pid, record(pid)) for pid in pids])
+    calls: list[Path] = []
+    real = markers_store.sync_filesystem
+
+    def sync(folder: Path) -> None:
+        calls.append(folder)
+        if len(calls) == failing:
+            raise OSError(28, "No space left on device")
+        real(folder)
+
+    monkeypatch.setattr(markers_store, "sync_filesystem", sync)
+    with pytest.raises(StorageError, match="cannot write state"):
+        store.record_many(batch_of(pids))
+    done, _failed, temps = visible(tmp_path, pids)
+    assert temps == 0
+    # Only the last sync comes after the done markers were named.
+    assert done == (set(pids) if failing == 3 else set())
+    assert store.completed_count() == len(done)
+    again = opened(tmp_path)
+    assert dict(again.iter_mapping()) == {pid: entry(pid) for pid in done}
+    assert [pid for pid, _ in again.pending()] == [p for p in pids if p not in done]
+
+
+@pytest.mark.parametrize("synced_together", [True, False])
+def test_batches_and_single_records_keep_the_same_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synced_together: bool
+) -> None:
+    monkeypatch.setattr(
+        markers_store, "SYNC_TOGETHER", synced_together and markers_store.SYNC_TOGETHER
+    )
+    pids = [f"b{n}" for n in range(30)]
+    store = opened(tmp_path)
+    store.add_pending([(pid, record(pid)) for pid in pids])
+    store.record_many(batch_of(pids[:20]))
+    # A retry that saves every image: the failed copies go, the entries change.
+    retried = [(pid, {"main": ["images/x/main_1.jpg"]}, []) for pid in pids[1:10]]
+    store.record_many(retried)
+    store.flush()
+    failed = {pid for n, pid in enumerate(pids[:20]) if n % 3 and n >= 10}
+    assert {pid for pid in pids if failed_path(tmp_path, pid).exists()} == failed
+    again = opened(tmp_path)
+    assert again.completed_count() == 20
+    assert sorted(again.failures()) == sorted(failed)
+    assert again.mapping_entry(pids[5]) == {"main": ["images/x/main_1.jpg"]}
+    assert again.mapping_entry(pids[15]) == entry(pids[15])
+    assert [pid for pid, _ in again.claim(100)] == pids[20:]
+
+
+def test_products_whose_hash_prefix_is_known_are_checked_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whether a product is completed is asked of a set of 64-bit prefixes first;
+    # a prefix shared with a completed product must not make another one count
+    # as completed. Every product sharing one prefix is the worst case.
+    monkeypatch.setattr(markers_store, "_short", lambda digest: 0)
+    monkeypatch.setattr(markers_store, "BATCH", 4)
+    pids = [f"p{n}" for n in range(10)]
+    store = opened(tmp_path)
+    store.add_pending([(pid, record(pid)) for pid in pids])
+    store.record_many([(pid, entry(pid), []) for pid in pids[:5]])
+    store.record_product(pids[7], entry(pids[7]), [])
+    store.flush()
+    for reader in (store, opened(tmp_path)):
+        assert [reader.is_completed(pid) for pid in pids] == [
+            n < 5 or n == 7 for n in range(10)
+        ]
+        assert reader.pending_count() == 4
+        assert [pid for pid, _ in reader.pending()] == ["p5", "p6", "p8", "p9"]
+    assert [pid for pid, _ in opened(tmp_path).claim(10)] == ["p5", "p6", "p8", "p9"]
+    # Batch 0 (p0-p3) was swept; batch 1 waits for p5 and p6.
+    pending = tmp_path / "markers" / "pending" / "000000"
+    assert sorted(os.listdir(pending)) == ["000000001.json", "000000002.json"]
+
+
+def test_a_big_catalog_gets_every_fan_out_folder_while_planning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(markers_store, "PREPARE_FOLDERS_FROM", 3)
+    store = opened(tmp_path)
+    store.add_pending([("a", record("a")), ("b", record("b"))])
+    assert not (tmp_path / "markers" / "done").exists()
+    store.add_pending([("c", record("c"))])
+    folders = sorted(os.listdir(tmp_path / "markers" / "done"))
+    assert folders == [f"{n:03x}" for n in range(4096)]
+    before = tree(tmp_path)
+    store.record_product("a", entry("a"), [])
+    # Only the marker itself: its folder was there already.
+    assert changes(before, tree(tmp_path)) == {
+        str(done_path(tmp_path, "a").relative_to(tmp_path))
+    }
+    assert opened(tmp_path).completed_count() == 1

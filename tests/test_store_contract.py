@@ -225,6 +225,26 @@ def test_claim_hands_out_each_pending_product_once_in_order(
     assert again.claim(3) == []
 
 
+@pytest.mark.parametrize(
+    "pid", [*HOSTILE_IDS, "bad\ud800id"], ids=range(len(HOSTILE_IDS) + 1)
+)
+def test_claim_hands_out_hostile_ids_and_records_exactly(
+    name: str, tmp_path: Path, pid: str
+) -> None:
+    # A lone surrogate (json.loads makes one from "\ud800") has no UTF-8 form.
+    raw = {**record(pid), "note": "\udfff", "n": [1.5, None, True, -0.0]}
+    store = opened(name, tmp_path)
+    store.add_pending(
+        [("first", record("first")), (pid, raw), ("last", record("last"))]
+    )
+    store.flush()
+    store.close()
+    again = opened(name, tmp_path)
+    assert again.claim(2) == [("first", record("first")), (pid, raw)]
+    assert again.claim(2) == [("last", record("last"))]
+    assert again.claim(2) == []
+
+
 def test_threads_recording_at_once_lose_nothing(name: str, tmp_path: Path) -> None:
     store = opened(name, tmp_path)
     ids = [f"t{n}-{i}" for n in range(8) for i in range(40)]
@@ -359,21 +379,30 @@ from imgfetch.backends.base import Failure
 from imgfetch.catalog import product_id
 
 name, data_dir, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+batch = int(sys.argv[4])  # products per record_many; 1: record_product
 store = open_store(name, __import__("pathlib").Path(data_dir))
 store.open(lambda r: product_id(r, None))
 ids = [f"k{n}" for n in range(count)]
 store.add_pending([(pid, {"id": pid, "n": n}) for n, pid in enumerate(ids)])
 store.flush()
 print("pending", flush=True)
-for n, pid in enumerate(ids):
-    entry = {"main": [f"images/{pid}/main_{i}.jpg" for i in range(1, n % 4 + 2)]}
-    failures = []
-    if n % 5 == 0:
-        failures = [Failure("qc", 1, f"http://x/{pid}", "r", n % 3 + 1)]
-    store.record_product(pid, entry, failures)
+for start in range(0, count, batch):
+    done = []
+    for n in range(start, min(start + batch, count)):
+        pid = ids[n]
+        entry = {"main": [f"images/{pid}/main_{i}.jpg" for i in range(1, n % 4 + 2)]}
+        failures = []
+        if n % 5 == 0:
+            failures = [Failure("qc", 1, f"http://x/{pid}", "r", n % 3 + 1)]
+        done.append((pid, entry, failures))
+    if batch == 1:
+        store.record_product(*done[0])
+    else:
+        store.record_many(done)
     if not store.durable_on_record:
         store.flush()
-    print("recorded", pid, flush=True)
+    for pid, _entry, _failures in done:
+        print("recorded", pid, flush=True)
 store.close()
 print("end", flush=True)
 """
@@ -383,16 +412,19 @@ def _expected_entry(n: int) -> dict[str, list[str]]:
     return {"main": [f"images/k{n}/main_{i}.jpg" for i in range(1, n % 4 + 2)]}
 
 
+# 1: one record_product at a time; 40: record_many, as the engine records (the
+# markers store writes a batch of that size with syncs shared by the batch).
+@pytest.mark.parametrize("batch", [1, 40])
 @pytest.mark.parametrize("round_", range(3))
 def test_sigkill_at_a_random_moment_keeps_everything_recorded(
-    name: str, tmp_path: Path, round_: int
+    name: str, tmp_path: Path, round_: int, batch: int
 ) -> None:
     seed = int(os.environ.get("STORE_SEED", random.randrange(10**9)))
     rng = random.Random(seed)
     count = 400
-    stop_after = rng.randrange(1, 150)
+    stop_after = rng.randrange(1, 150 if batch == 1 else 300)
     child = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, name, str(tmp_path), str(count)],
+        [sys.executable, "-c", _WRITER, name, str(tmp_path), str(count), str(batch)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -408,7 +440,7 @@ def test_sigkill_at_a_random_moment_keeps_everything_recorded(
     child.stdout.close()
 
     store = opened(name, tmp_path)
-    why = f"store {name}, seed {seed} (replay: STORE_SEED={seed})"
+    why = f"store {name}, batch {batch}, seed {seed} (replay: STORE_SEED={seed})"
     mapping = dict(store.iter_mapping())
     pending = [pid for pid, _ in store.pending()]
     assert set(recorded) <= set(mapping), why

@@ -9,16 +9,25 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..catalog import InvalidRecord, reason_of
 from ..errors import StateError, StorageError
-from ..fsutil import atomic_write_bytes, fsync_dir
+from ..fsutil import (
+    BATCH_SYNC,
+    atomic_write_bytes,
+    create_temp_beside,
+    fsync_dir,
+    sync_filesystem,
+    write_all,
+)
 from ..messages import Text
 from .base import Entry, Failure, ProductKey, StateStore
 from .state_files import checked_failure, is_valid_entry, load_state_json
@@ -26,10 +35,24 @@ from .state_files import checked_failure, is_valid_entry, load_state_json
 MARKERS_DIR = "markers"
 # Products per pending batch file, and batch files per pending folder.
 BATCH = 1000
-# Every marker needs an fsync of its own. File systems commit fsyncs that arrive
-# together in one journal write, so a few writers at once make a batch of records
-# several times faster (3 to 6 times on ext4) than one writer.
+# Threads that write a batch of markers. Written one by one, every marker needs
+# an fsync of its own, and file systems commit fsyncs that arrive together in
+# one journal write: a few writers make a batch 3 to 6 times faster on ext4.
+# Synced together, the writers' waits (for the journal, for the GIL after each
+# call into the file system) overlap.
 WRITERS = 8
+# From this many products on, a record_many writes its markers without an fsync
+# each and makes them durable with a few syncs of the whole file system (see
+# `_write_synced_together`): during a run, every fsync of a marker made ext4 commit
+# its journal with the images written since the last one, and a batch of a
+# thousand markers took seconds. Linux only: there, sync and syncfs return once
+# the data is on disk.
+SYNC_TOGETHER_FROM = 8
+SYNC_TOGETHER = BATCH_SYNC and sys.platform.startswith("linux")
+# With this many products pending, every fan-out folder of done/ will be used:
+# they are all made while planning, so that no record during the run pays for
+# a new folder (its first marker cost twice the others).
+PREPARE_FOLDERS_FROM = 20_000
 
 _FANOUT = re.compile(r"[0-9a-f]{3}")
 _MARKER = re.compile(r"([0-9a-f]{64})\.json")
@@ -60,7 +83,10 @@ class MarkersStore(StateStore):
 
     `open` only lists folders (to count completed products and find the batches)
     and reads the done markers of failed products; other markers are checked
-    when they are read.
+    when they are read. What the listing found is kept as 64-bit prefixes of the
+    hashes, so that asking whether a product is completed costs a stat only for
+    products that may be: the planning step asks it for every product of the
+    catalog, and claim for every product it hands out.
     """
 
     name = "markers"
@@ -88,6 +114,12 @@ class MarkersStore(StateStore):
         self._claim_next = (0, 0)  # (batch, position) where the next claim starts
         self._claim_cache: tuple[int, list[tuple[str, dict[str, Any]]]] | None = None
         self._stale_failed: set[str] = set()
+        # Prefixes (`_short`) of every product that has, or may have, a done
+        # marker (a failed copy): the listing at open, then every product before
+        # its marker is written. None before open: every question is a stat.
+        self._maybe_done: set[int] | None = None
+        self._maybe_failed: set[int] | None = None
+        self._folders_ready = False
 
     @classmethod
     def owned_paths(cls, data_dir: Path) -> list[Path]:
@@ -98,8 +130,14 @@ class MarkersStore(StateStore):
     def open(self, product_key: ProductKey) -> None:
         # The ids are inside the markers: product_key is not needed.
         self._known, self._sweep, self._claim_cache = None, None, None
+        self._completed = 0
+        self._folders_ready = False
         self._claim_next = (0, 0)
-        self._completed = sum(1 for _ in _markers(self.done_dir))
+        maybe_done: set[int] = set()
+        for digest in _markers(self.done_dir):
+            maybe_done.add(_short(digest))
+            self._completed += 1
+        self._maybe_done, self._maybe_failed = maybe_done, set()
         self._batches = sorted(number for number, _ in self._batch_files())
         self._next_batch = self._batches[-1] + 1 if self._batches else 0
         # Reads the done markers of failed products: a damaged one stops the run
@@ -128,7 +166,7 @@ class MarkersStore(StateStore):
             return None
 
     def is_completed(self, product_id: str) -> bool:
-        return self._done_path(_digest(product_id)).exists()
+        return self._is_done(_digest(product_id))
 
     def completed_count(self) -> int:
         return self._completed
@@ -147,7 +185,7 @@ class MarkersStore(StateStore):
     def iter_pending(self) -> Iterator[tuple[str, dict[str, Any]]]:
         for _number, items in self._iter_batches():
             for pid, raw in items:
-                if not self.is_completed(pid):
+                if not self._is_done(_digest(pid)):
                     yield pid, raw
 
     def pending_count(self) -> int:
@@ -161,6 +199,8 @@ class MarkersStore(StateStore):
     def failures(self) -> dict[str, list[Failure]]:
         found: dict[str, list[Failure]] = {}
         for digest in _markers(self.failed_dir):
+            if self._maybe_failed is not None:
+                self._maybe_failed.add(_short(digest))
             done = _read_done(self._done_path(digest), digest)
             if done is not None and done[2]:
                 found[done[0]] = done[2]
@@ -180,7 +220,7 @@ class MarkersStore(StateStore):
             for pid, raw in products:
                 digest = _digest(pid)
                 key = bytes.fromhex(digest)
-                if key in known or key in keys or self._done_path(digest).exists():
+                if key in known or key in keys or self._is_done(digest):
                     continue
                 items.append({"id": pid, "record": raw})
                 keys.add(key)
@@ -189,6 +229,8 @@ class MarkersStore(StateStore):
                     items, keys = [], set()
             if items:
                 self._write_batch(items, keys)
+            if self._live >= PREPARE_FOLDERS_FROM and not self._folders_ready:
+                self._prepare_folders()
 
     def record_product(
         self, product_id: str, entry: Entry, failures: list[Failure]
@@ -203,9 +245,15 @@ class MarkersStore(StateStore):
         if not latest:
             return
         with self._writing():
+            newly = {digest: not self._is_done(digest) for digest in latest}
+            self._note_written(latest)
+            if SYNC_TOGETHER and len(latest) >= SYNC_TOGETHER_FROM:
+                self._write_synced_together(latest, newly)
+                return
             if len(latest) == 1:
                 [(digest, done)] = latest.items()
-                self._count_done(digest, self._write_done(digest, *done))
+                self._write_done(digest, *done)
+                self._count_done(digest, newly[digest])
                 return
             workers = min(WRITERS, len(latest))
             with ThreadPoolExecutor(workers, "imgfetch-markers") as pool:
@@ -213,7 +261,7 @@ class MarkersStore(StateStore):
                     digest: pool.submit(self._write_done, digest, *done)
                     for digest, done in latest.items()
                 }
-            self._count_all(futures)
+            self._count_all(futures, newly)
 
     def flush(self) -> None:
         # Every record is durable already; what is left is tidying up.
@@ -236,7 +284,7 @@ class MarkersStore(StateStore):
                 for position in range(first, len(items)):
                     self._claim_next = (number, position + 1)
                     pid, raw = items[position]
-                    if not self.is_completed(pid):
+                    if not self._is_done(_digest(pid)):
                         batch.append((pid, raw))
                         if len(batch) == limit:
                             return batch
@@ -300,30 +348,105 @@ class MarkersStore(StateStore):
             # writer may be making the same folder at this moment: sync every level
             # up to the data directory either way, or this marker might not be
             # durable when the call returns.
-            # Folders below the data directory only: one deleted mid-run must not
-            # come back holding markers of images that were deleted with it.
-            below = path.parent.relative_to(self.data_dir).parts
-            for depth in range(1, len(below) + 1):
-                self.data_dir.joinpath(*below[:depth]).mkdir(exist_ok=True)
+            self._make_folders(path.parent)
             for folder in [path.parent, *path.parent.parents]:
                 if folder == self.data_dir:
                     break
                 fsync_dir(folder.parent)
             atomic_write_bytes(path, data)
 
+    def _prepare_folders(self) -> None:
+        """Make every fan-out folder of done/ that is missing, durably."""
+        names = {f"{number:03x}" for number in range(16**3)}
+        missing = [
+            self.done_dir / name
+            for name in sorted(names - set(_listdir(self.done_dir)))
+        ]
+        if missing:
+            self._make_folders(missing[0])  # and done/ itself
+            with ThreadPoolExecutor(WRITERS, "imgfetch-markers") as pool:
+                list(pool.map(self._make_folders, missing[1:]))
+            # One sync of each level makes them all durable, so a marker written
+            # on its own later needs only its own syncs (see _write).
+            fsync_dir(self.done_dir)
+            fsync_dir(self.root)
+        self._folders_ready = True
+
+    def _make_folders(self, folder: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            folder.mkdir(exist_ok=True)  # a new fan-out folder: its parents exist
+            return
+        # Folders below the data directory only: one deleted mid-run must not
+        # come back holding markers of images that were deleted with it.
+        below = folder.relative_to(self.data_dir).parts
+        for depth in range(1, len(below) + 1):
+            self.data_dir.joinpath(*below[:depth]).mkdir(exist_ok=True)
+
+    def _write_synced_together(
+        self, latest: dict[str, Done], newly: dict[str, bool]
+    ) -> None:
+        """Write many products' markers with two or three syncs in all.
+
+        The order `_write_done` keeps for one product holds for the batch: every
+        file's data is on disk before its name, and a failed copy before its done
+        marker. A kill at any point leaves each marker whole or absent (and
+        temporary files, which the next run removes).
+        """
+        failed: list[_Staged] = []
+        done: list[_Staged] = []
+        clean: list[Path] = []
+        for digest, (pid, entry, failures) in latest.items():
+            stored = [failure.to_json() for failure in failures]
+            if failures:
+                copy = {"id": pid, "failures": stored}
+                failed.append(_Staged(digest, self._failed_path(digest), _encode(copy)))
+            elif self._may_have_failed(digest):
+                clean.append(self._failed_path(digest))
+            marker = {"id": pid, "entry": entry, "failures": stored}
+            done.append(_Staged(digest, self._done_path(digest), _encode(marker)))
+        try:
+            with ThreadPoolExecutor(WRITERS, "imgfetch-markers") as pool:
+                _each(pool, self._stage, failed + done)
+                sync_filesystem(self.root)
+                if failed:
+                    _each(pool, _Staged.move, failed)
+                    sync_filesystem(self.root)
+                _each(pool, _Staged.move, done)
+                sync_filesystem(self.root)
+        except BaseException:
+            for staged in failed + done:
+                staged.discard()
+            raise
+        finally:
+            for staged in done:
+                if staged.moved:
+                    self._count_done(staged.digest, newly[staged.digest])
+        for target in clean:
+            target.unlink(missing_ok=True)
+
+    def _stage(self, staged: _Staged) -> None:
+        """Write `staged` into a temporary file beside its path, not synced yet."""
+        try:
+            fd, staged.temp = create_temp_beside(staged.path)
+        except FileNotFoundError:  # the first marker of its folder
+            self._make_folders(staged.path.parent)
+            fd, staged.temp = create_temp_beside(staged.path)
+        try:
+            write_all(fd, staged.data)
+        finally:
+            os.close(fd)
+
     def _write_done(
         self, digest: str, pid: str, entry: Entry, failures: list[Failure]
-    ) -> bool:
-        """Write one product's markers; True when it was not completed before."""
+    ) -> None:
+        """Write one product's markers, each synced on its own."""
         done, failed = self._done_path(digest), self._failed_path(digest)
-        was_done = done.exists()
         stored = [failure.to_json() for failure in failures]
         if failures:
             self._write(failed, {"id": pid, "failures": stored})
         self._write(done, {"id": pid, "entry": entry, "failures": stored})
-        if not failures:
+        if not failures and self._may_have_failed(digest):
             failed.unlink(missing_ok=True)
-        return not was_done
 
     def _write_batch(self, items: list[dict[str, Any]], keys: set[bytes]) -> None:
         number = self._next_batch
@@ -346,9 +469,28 @@ class MarkersStore(StateStore):
                     key = bytes.fromhex(digest)
                     if key not in known:
                         known.add(key)
-                        live += not self._done_path(digest).exists()
+                        live += not self._is_done(digest)
             self._known, self._live = known, live
         return self._known
+
+    def _is_done(self, digest: str) -> bool:
+        """Whether the product's done marker exists: a stat only when it may."""
+        if self._maybe_done is not None and _short(digest) not in self._maybe_done:
+            return False
+        return self._done_path(digest).exists()
+
+    def _may_have_failed(self, digest: str) -> bool:
+        return self._maybe_failed is None or _short(digest) in self._maybe_failed
+
+    def _note_written(self, latest: dict[str, Done]) -> None:
+        # Before the markers are written: a write that fails halfway may leave
+        # one, and a prefix too many costs only a stat.
+        if self._maybe_done is not None:
+            self._maybe_done.update(_short(digest) for digest in latest)
+        if self._maybe_failed is not None:
+            self._maybe_failed.update(
+                _short(digest) for digest, done in latest.items() if done[2]
+            )
 
     def _count_done(self, digest: str, newly: bool) -> None:
         if newly:
@@ -356,12 +498,15 @@ class MarkersStore(StateStore):
             if self._known is not None and bytes.fromhex(digest) in self._known:
                 self._live -= 1
 
-    def _count_all(self, futures: dict[str, Future[bool]]) -> None:
+    def _count_all(
+        self, futures: dict[str, Future[None]], newly: dict[str, bool]
+    ) -> None:
         # Count every write that succeeded before raising the first error.
         error: Exception | None = None
         for digest, future in futures.items():
             try:
-                self._count_done(digest, future.result())
+                future.result()
+                self._count_done(digest, newly[digest])
             except Exception as exc:
                 error = error or exc
         if error is not None:
@@ -384,7 +529,7 @@ class MarkersStore(StateStore):
                 self._sweep = (number, deque(_digest(pid) for pid, _ in items))
             waiting = self._sweep[1]
             # Products finish roughly in order: stop at the first one still pending.
-            while waiting and self._done_path(waiting[0]).exists():
+            while waiting and self._is_done(waiting[0]):
                 waiting.popleft()
             if waiting:
                 break
@@ -405,9 +550,54 @@ class MarkersStore(StateStore):
                 (self.pending_dir / f"{folder:06d}").rmdir()
 
 
+@dataclass(slots=True)
+class _Staged:
+    """One marker of a batch on its way to its path."""
+
+    digest: str
+    path: Path
+    data: bytes  # encoded by the calling thread: the writers only make files
+    temp: str | None = None
+    moved: bool = False
+
+    def move(self) -> None:
+        assert self.temp is not None
+        os.replace(self.temp, self.path)
+        self.moved = True
+
+    def discard(self) -> None:
+        if self.temp is not None and not self.moved:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp)
+
+
+def _each(
+    pool: ThreadPoolExecutor, action: Callable[[_Staged], None], items: list[_Staged]
+) -> None:
+    """`action` on every item, a share of them on each thread of `pool`; the
+    first error is raised once every thread has stopped."""
+    shares = [items[start::WRITERS] for start in range(WRITERS)]
+    futures = [pool.submit(_each_of, action, share) for share in shares if share]
+    for future in futures:
+        future.exception()  # waits
+    for future in futures:
+        future.result()
+
+
+def _each_of(action: Callable[[_Staged], None], share: list[_Staged]) -> None:
+    for item in share:
+        action(item)
+
+
 def _digest(product_id: str) -> str:
     # surrogatepass: ids read from JSON may hold lone surrogates ("\ud800").
     return hashlib.sha256(product_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _short(digest: str) -> int:
+    # 64 bits of the hash: a set of a million costs about 70 MB, and two
+    # products that share a prefix only cost a stat.
+    return int(digest[:16], 16)
 
 
 def _failure_order(failure: Failure) -> tuple[str, int]:

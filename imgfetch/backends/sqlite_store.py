@@ -20,6 +20,7 @@ from .sqlite_schema import (
     SCHEMA,
     SQL_ADD_FAILURE,
     SQL_ADD_PENDING,
+    SQL_CLAIM,
     SQL_COMPLETED,
     SQL_DROP_FAILURES,
     SQL_DROP_IMAGES,
@@ -285,10 +286,21 @@ class SqliteStore(StateStore):
 
     def claim(self, limit: int) -> list[tuple[str, dict[str, Any]]]:
         with self._claim_lock:
-            rows = self._query(SQL_PENDING_PAGE, (self._last_claimed, max(limit, 0)))
+            rows = self._claim_rows((self._last_claimed, max(limit, 0)))
             if rows:
                 self._last_claimed = rows[-1][0]
         return [(_text(pid), self._record(_text(pid), text)) for _, pid, text in rows]
+
+    def _claim_rows(self, params: tuple[int, int]) -> list[Row]:
+        try:
+            found = self._query(SQL_CLAIM, params)
+            rows = json.loads(found[0][0]) if found else []
+        except (sqlite3.Error, ValueError, TypeError):
+            # A BLOB id or record (lone surrogates), a damaged row, or an SQLite
+            # without JSON functions: row by row, which reports what is wrong.
+            return self._query(SQL_PENDING_PAGE, params)
+        rows.sort(key=lambda row: row[0])
+        return rows
 
     # -- the connection ------------------------------------------------------------
 
