@@ -420,7 +420,9 @@ class Engine:
         # Images must be durable before a mapping that names them.
         if self._dirty_dirs and BATCH_SYNC:
             try:
-                sync_filesystem(self.data_dir)  # their data and folders at once
+                # Their data and folders at once, on the file system of images/
+                # (which may be a link to another disk than the state's).
+                sync_filesystem(self.data_dir / IMAGES_DIR)
             except OSError as exc:  # an I/O error writing back, or a full disk
                 raise _storage_error(exc, self.data_dir) from exc
         elif self._dirty_dirs:

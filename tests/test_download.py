@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -18,6 +19,7 @@ from conftest import (
     write_catalog,
 )
 
+from imgfetch import cli, engine
 from imgfetch.paths import product_dir_name
 from imgfetch.testserver import ImageServer
 
@@ -555,3 +557,28 @@ def test_a_failed_shared_url_is_a_failure_in_every_place(
     assert all(
         f["reason"].startswith("permanent: ") for fs in failed.values() for f in fs
     )
+
+
+def test_images_are_synced_on_the_disk_images_lives_on(
+    server: ImageServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # images/ may link to another disk than the state files': the batch sync
+    # before a save must reach the disk the images are on.
+    elsewhere = tmp_path / "other-disk"
+    elsewhere.mkdir()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "images").symlink_to(elsewhere)
+    synced: list[str] = []
+    monkeypatch.setattr(
+        engine,
+        "sync_filesystem",
+        lambda folder: synced.append(os.path.realpath(folder)),
+    )
+    catalog = write_catalog(
+        tmp_path / "c.json", [{"id": "p1", "main_images": [server.url("a")]}]
+    )
+    args = ["download", str(catalog), "--data-dir", str(data), "--progress", "none"]
+    assert cli.main([*args, "--lang", "en"]) == 0
+    assert (elsewhere / "p1" / "main_1.jpg").exists()
+    assert synced and set(synced) == {os.path.realpath(elsewhere)}
