@@ -133,9 +133,12 @@ class Engine:
         self.tally = tally
         self.signals = signals
         self.say = say
-        # SimpleQueue: C code, no Python-level condition; each image passes twice.
+        # Workers wait on jobs: a SimpleQueue (C code, cheaper per image). The main
+        # thread waits on results, and under a storm of Ctrl+C a SimpleQueue's
+        # timed get, interrupted again and again, once kept it there for the
+        # whole grace period; queue.Queue waits in Python and sees every signal.
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.results: queue.SimpleQueue[tuple[_Job, Outcome]] = queue.SimpleQueue()
+        self.results: queue.Queue[tuple[_Job, Outcome]] = queue.Queue()
         self.stop_starting = threading.Event()
         self.interrupted = False  # a signal stopped the run with work left
         self._outstanding = 0

@@ -266,10 +266,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         owner = self.server.owner
         owner._track_concurrency(+1)
+        self._answering = True
         try:
             self._answer(owner)
         finally:
-            owner._track_concurrency(-1)
+            self._done_answering()
+
+    def _done_answering(self) -> None:
+        # Before the last write of a whole body: once it is sent, a fast client
+        # has the answer and may send its next request before this thread runs
+        # again, which would count as two requests answered at once.
+        if self._answering:
+            self._answering = False
+            self.server.owner._track_concurrency(-1)
 
     def _answer(self, owner: ImageServer) -> None:
         target = _target(self.path)
@@ -390,6 +399,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body[: spec.fast])
             self._drip(body[spec.fast :], spec.drip)
         else:
+            self._done_answering()
             self.wfile.write(body)
 
     def _send_truncated(self, body: bytes) -> None:
