@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 import pycurl
 
@@ -339,12 +339,11 @@ def wire_url(url: str) -> str:
         raise Permanent("cannot fetch this URL (malformed)") from None
 
 
-def _environment_proxy(scheme: str, parts: object) -> str:
+def _environment_proxy(scheme: str, parts: SplitResult) -> str:
     import urllib.request  # once per host; a start-up cost at the top
 
-    host = getattr(parts, "hostname", None) or ""
-    netloc = str(getattr(parts, "netloc", ""))
-    if urllib.request.proxy_bypass(netloc.rpartition("@")[2] or host):
+    authority = parts.netloc.rpartition("@")[2] or parts.hostname or ""
+    if urllib.request.proxy_bypass(authority):
         return ""
     proxies = urllib.request.getproxies_environment()
     return proxies.get(scheme.lower()) or proxies.get("all") or ""

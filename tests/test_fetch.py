@@ -888,6 +888,7 @@ def test_wire_url_encodes_what_a_browser_would(url: str, wire: str) -> None:
 def test_a_url_with_spaces_and_chinese_is_fetched(
     server: ImageServer, folder: Path
 ) -> None:
+    # server.url encodes the name; a catalog holds it raw.
     url = server.url("产品 图").replace("%E4%BA%A7%E5%93%81%20%E5%9B%BE", "产品 图")
     assert "产品 图" in url
     saved = fetch_ok(server, folder, url)
