@@ -112,7 +112,9 @@ Workers = Annotated[
 SaveEvery = Annotated[
     int,
     typer.Option(
-        parser=_whole_number, help="Save the mapping after this many products."
+        parser=_whole_number,
+        help="Save the state after this many products (json; the markers and "
+        "sqlite stores save every second).",
     ),
 ]
 SaveInterval = Annotated[
