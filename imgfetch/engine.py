@@ -1,11 +1,11 @@
-"""The download engine: runs products' images on worker threads and records results.
+"""The download engine: starts products' images, records results, saves, stops.
 
-Threads and what they own:
-- the main thread owns all state: it starts products, receives results, records
-  completed products in the store, drives the progress view and reacts to signals;
-- worker threads only download: they take a job from `jobs` and put the outcome on
-  `results`. They are daemon threads, because one blocked in a socket read cannot be
-  stopped, and shutdown must not wait for it past the grace period.
+Everything runs on the main thread. It starts products, hands their images to the
+multiplexer (imgfetch/multiplex.py), which keeps up to `--workers` downloads going
+at once over libcurl, takes back what ended, records completed products in the
+store, drives the progress view and reacts to signals between two waits of at
+most _POLL seconds. No download can block it: a stalled server is a timer in the
+multiplexer, and `abort` ends every download at once.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import re
 import shutil
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from .fsutil import (
     sync_filesystem,
     temp_file_beside,
 )
+from .multiplex import Multiplexer, Result
 from .paths import IMAGES_DIR, LOCK_FILE, image_relpath, is_temp_name, product_dir
 from .progress import ProductLine, ProgressView, Tally
 from .redact import redact_url, strip_userinfo
@@ -43,13 +43,11 @@ from .sniff import EXTENSIONS, SNIFF_BYTES, sniff_format
 
 log = logging.getLogger(__name__)
 
-WORKER_THREAD_PREFIX = "imgfetch-worker"
 _IMAGE_EXTENSIONS = frozenset(EXTENSIONS.values())
 _INDEX_RE = re.compile(r"_(\d+)\.[^./]+$")
 _POLL = 0.1  # seconds; how quickly the main thread notices a signal
 _STARTS_PER_TURN = 256  # products started between two looks at the signal flag
 _HOME_CHECK = 0.25  # seconds between two looks at the data directory
-_JOIN_WAIT = 0.2  # seconds, all workers together, for idle ones to exit at the end
 # URLs remembered for reuse: duplicates in catalogs sit close together (one
 # product, one shop), and a million would cost a gigabyte.
 _FETCHED_MEMORY = 50_000
@@ -133,12 +131,9 @@ class Engine:
         self.tally = tally
         self.signals = signals
         self.say = say
-        # Workers wait on jobs: a SimpleQueue (C code, cheaper per image). The main
-        # thread waits on results, and under a storm of Ctrl+C a SimpleQueue's
-        # timed get, interrupted again and again, once kept it there for the
-        # whole grace period; queue.Queue waits in Python and sees every signal.
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.results: queue.Queue[tuple[_Job, Outcome]] = queue.Queue()
+        # Images waiting for the multiplexer to have room.
+        self.jobs: deque[_Job] = deque()
+        self.downloads = Multiplexer(fetcher, config.workers)
         self.stop_starting = threading.Event()
         self.interrupted = False  # a signal stopped the run with work left
         self._outstanding = 0
@@ -158,7 +153,6 @@ class Engine:
         self._fetched: OrderedDict[str, tuple[str, SavedImage]] = OrderedDict()
         self._in_flight: dict[str, list[_Job]] = {}
         self._active: dict[str, _ProductRun] = {}
-        self._workers: list[threading.Thread] = []
 
     def run(
         self, products: Iterable[Product], total: int, done_before: int, merge: bool
@@ -171,7 +165,6 @@ class Engine:
         todo = _Lookahead(iter(products))
         self._total, self._done = total, done_before
         self._home = _guard(self.data_dir)
-        self._start_workers()
         try:
             self.view.begin(total, done_before)
             if self._loop(todo, merge):
@@ -191,7 +184,7 @@ class Engine:
             raise
         finally:
             self.view.end()
-            self._stop_workers()
+            self._stop_downloads()
             self._home.close()
         return RunResult(
             # Only a signal the run stopped for: one that lands after the last
@@ -228,6 +221,14 @@ class Engine:
         while todo and self._outstanding < limit and started < _STARTS_PER_TURN:
             self._start_product(todo.pop(), merge)
             started += 1
+        self._start_downloads()
+
+    def _start_downloads(self) -> None:
+        free = self.downloads.free()
+        while free > 0 and self.jobs and not self.stop_starting.is_set():
+            job = self.jobs.popleft()
+            self.downloads.add(job, job.image.url, job.run.folder, job.image.stem)
+            free -= 1
 
     def _start_product(self, product: Product, merge: bool) -> None:
         folder = product_dir(self.data_dir, product.id)
@@ -270,24 +271,17 @@ class Engine:
                     waiting.append(job)  # the same URL is being downloaded now
                 else:
                     self._in_flight[image.url] = []
-                    self.jobs.put(job)
+                    self.jobs.append(job)
         if run.outstanding == 0:
             self._finish_product(run)
         else:
             self._active[product.id] = run
 
     def _collect(self, timeout: float) -> None:
-        try:
-            job, outcome = self.results.get(timeout=timeout)
-        except queue.Empty:
-            return
-        self._handle(job, outcome)
-        while True:
-            try:
-                job, outcome = self.results.get_nowait()
-            except queue.Empty:
-                return
-            self._handle(job, outcome)
+        self._start_downloads()
+        for job, result in self.downloads.pump(timeout):
+            assert isinstance(job, _Job)
+            self._handle(job, _outcome(job, result))
 
     def _handle(self, job: _Job, outcome: Outcome) -> None:
         run, image = job.run, job.image
@@ -481,13 +475,17 @@ class Engine:
                 break
             self._collect(0.05)
         self.fetcher.abort.set()
+        for job, result in self.downloads.abort():
+            assert isinstance(job, _Job)
+            self._handle(job, _outcome(job, result))
         self.say("saving")
         self._flush()
         self._remove_partial_files()
 
     def _remove_partial_files(self) -> None:
-        # Workers still stuck in a read never reach their own cleanup; their
-        # products stay pending, and a half-written file must not outlive us.
+        # Aborted downloads remove their own temporary files; this is for a file
+        # left by anything else (a sink that could not unlink): their products
+        # stay pending, and a half-written file must not outlive us.
         for run in self._active.values():
             try:
                 names = os.listdir(run.folder)
@@ -499,71 +497,45 @@ class Engine:
                         os.unlink(run.folder / name)
 
     def _drain_unstarted(self) -> None:
-        while True:
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                self._handle(job, SKIPPED)
+        while self.jobs:
+            self._handle(self.jobs.popleft(), SKIPPED)
 
-    # -- workers -----------------------------------------------------------------
-
-    def _start_workers(self) -> None:
-        for number in range(self.config.workers):
-            thread = threading.Thread(
-                target=self._work, name=f"{WORKER_THREAD_PREFIX}-{number}", daemon=True
-            )
-            thread.start()
-            self._workers.append(thread)
-
-    def _stop_workers(self) -> None:
+    def _stop_downloads(self) -> None:
         self.stop_starting.set()
         self.fetcher.abort.set()
-        for _ in self._workers:
-            self.jobs.put(None)
-        # Idle workers exit at once; one stuck in a socket read is left behind (it is
-        # a daemon thread, and the CLI ends the process without waiting for it).
-        # One deadline for all of them: waiting 0.2 s for each stuck worker in turn
-        # cost 1.6 s with 8 workers on a stalled server, past grace + 1 s.
-        deadline = time.monotonic() + _JOIN_WAIT
-        for thread in self._workers:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.downloads.close()
 
-    def _work(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            self.results.put((job, self._run_job(job)))
 
-    def _run_job(self, job: _Job) -> Outcome:
-        if self.stop_starting.is_set():
-            return SKIPPED
-        image = job.image
-        try:
-            return self.fetcher.fetch(image.url, job.run.folder, image.stem)
-        except ImageFailed as exc:
-            # The record keeps no password: state files are often shared.
-            return Failure(
-                image.category,
-                image.index,
-                strip_userinfo(image.url),
-                exc.reason,
-                exc.attempts,
-            )
-        except Aborted:
-            return SKIPPED
-        except OSError as exc:
-            return _Fatal(exc)
-        except Exception as exc:  # a bug must fail one image, not kill the worker
-            log.exception("unexpected error downloading %s", redact_url(image.url))
-            return Failure(
-                image.category,
-                image.index,
-                strip_userinfo(image.url),
-                f"internal error: {type(exc).__name__}",
-            )
+def _outcome(job: _Job, result: Result) -> Outcome:
+    """What the engine records for a download that ended with `result`."""
+    if isinstance(result, SavedImage):
+        return result
+    image = job.image
+    if isinstance(result, ImageFailed):
+        # The record keeps no password: state files are often shared.
+        return Failure(
+            image.category,
+            image.index,
+            strip_userinfo(image.url),
+            result.reason,
+            result.attempts,
+        )
+    if isinstance(result, Aborted):
+        return SKIPPED
+    if isinstance(result, OSError):
+        return _Fatal(result)
+    # A bug must fail one image, not the run.
+    log.error(
+        "unexpected error downloading %s",
+        redact_url(image.url),
+        exc_info=(type(result), result, result.__traceback__),
+    )
+    return Failure(
+        image.category,
+        image.index,
+        strip_userinfo(image.url),
+        f"internal error: {type(result).__name__}",
+    )
 
 
 class _Lookahead:

@@ -72,8 +72,44 @@ class Answer:
     sink_error: Exception | None
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One GET: what `Client.get` and the multiplexer are asked to perform."""
+
+    url: str
+    headers: list[str]  # whole lines, "Name: value"
+    connect_timeout: float
+    read_timeout: float
+    time_left: float  # until the image's deadline
+    sink: Sink
+
+
+class _Handle:
+    """A libcurl easy handle and the options last set on it."""
+
+    __slots__ = ("curl", "last")
+
+    def __init__(self, curl: pycurl.Curl) -> None:
+        self.curl = curl
+        self.last: dict[int, object] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """A request set up on a handle, between `prepare` and `conclude`."""
+
+    handle: _Handle
+    body: _Body
+    header_lines: list[bytes]
+    proxied: bool
+
+
 class Client:
-    """libcurl handles for every worker thread, with the options shared by all."""
+    """libcurl handles, with the options shared by all of them.
+
+    `get` performs a request on the calling thread's own handle; the multiplexer
+    takes handles with `pooled` and drives many at once (imgfetch/multiplex.py).
+    """
 
     def __init__(
         self,
@@ -90,6 +126,7 @@ class Client:
         self.ca_bundle = _ca_bundle()
         self._local = threading.local()
         self._handles: list[pycurl.Curl] = []
+        self._spare: list[_Handle] = []
         self._lock = threading.Lock()
         self._env_proxies: dict[tuple[str, str], str] = {}
         self._share = pycurl.CurlShare()
@@ -107,25 +144,46 @@ class Client:
             with contextlib.suppress(pycurl.error):
                 handle.close()
 
-    def get(
-        self,
-        url: str,
-        headers: list[str],
-        *,
-        connect_timeout: float,
-        read_timeout: float,
-        time_left: float,
-        sink: Sink,
-    ) -> Answer:
-        """GET `url` once, without following redirects; the body goes to `sink`,
-        which the caller keeps or closes by the status. Raises Permanent or
-        Transient (after closing the sink) when no whole answer came."""
-        curl = self._handle()
+    def get(self, request: Request) -> Answer:
+        """GET once on this thread's own handle, blocking; see `conclude`."""
+        handle: _Handle | None = getattr(self._local, "handle", None)
+        if handle is None:
+            handle = self._local.handle = self.pooled()
+        exchange = self.prepare(handle, request)
+        error = None
+        try:
+            handle.curl.perform()
+        except pycurl.error as exc:
+            error = exc.args
+        return self.conclude(exchange, error)
+
+    def pooled(self) -> _Handle:
+        """A handle nobody is using: a spare one, else a new one."""
+        with self._lock:
+            if self._spare:
+                return self._spare.pop()
+        handle = _Handle(self._new_curl())
+        with self._lock:
+            self._handles.append(handle.curl)
+        return handle
+
+    def release(self, handle: _Handle) -> None:
+        """Give back a handle from `pooled`; its connections stay open for reuse."""
+        with self._lock:
+            self._spare.append(handle)
+
+    def prepare(self, handle: _Handle, request: Request) -> Exchange:
+        """Set `handle` up to GET `request.url` once, without following redirects;
+        the body goes to `request.sink`. The caller then performs it (alone or in
+        a multi) and hands the outcome to `conclude`."""
+        curl = handle.curl
+        url = request.url
         curl.setopt(pycurl.URL, wire_url(url))
         proxy = self._proxy_for(url)
         # Options that rarely change are set only when they do (this runs once
         # per request).
-        last = self._local.last
+        last = handle.last
+        headers = request.headers
         if last.get(pycurl.HTTPHEADER) != headers:
             curl.setopt(pycurl.HTTPHEADER, headers)
             last[pycurl.HTTPHEADER] = headers
@@ -133,26 +191,35 @@ class Client:
             curl.setopt(pycurl.PROXY, proxy)
             last[pycurl.PROXY] = proxy
         # libcurl has no per-read timeout: "under 1 byte/s for this long" is one.
-        slow = max(1, math.ceil(read_timeout))
+        slow = max(1, math.ceil(request.read_timeout))
         if last.get(pycurl.LOW_SPEED_TIME) != slow:
             curl.setopt(pycurl.LOW_SPEED_TIME, slow)
             last[pycurl.LOW_SPEED_TIME] = slow
-        curl.setopt(pycurl.CONNECTTIMEOUT_MS, _ms(min(connect_timeout, time_left)))
-        curl.setopt(pycurl.TIMEOUT_MS, _ms(time_left))
-        body = _Body(sink, self.stopped)
+        left = request.time_left
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, _ms(min(request.connect_timeout, left)))
+        curl.setopt(pycurl.TIMEOUT_MS, _ms(left))
+        body = _Body(request.sink, self.stopped)
         curl.setopt(pycurl.WRITEFUNCTION, body.write)
         # Every header line, raw: only Retry-After is read from them, and only for
         # a 429 or 503 (libcurl's own RETRY_AFTER says 0 for "no header" too).
         lines: list[bytes] = []
         curl.setopt(pycurl.HEADERFUNCTION, lines.append)
+        return Exchange(handle, body, lines, bool(proxy))
+
+    def conclude(self, exchange: Exchange, error: tuple[int, str] | None) -> Answer:
+        """What a performed exchange got; `error` is libcurl's (code, message)
+        when the transfer failed. Raises Permanent or Transient (after closing
+        the sink) when no whole answer came; else the caller keeps or closes the
+        sink by the status."""
+        body = exchange.body
+        sink = body.sink
+        curl = exchange.handle.curl
         try:
-            try:
-                curl.perform()
-            except pycurl.error as exc:
-                code, message = exc.args
-                body.fail(code, message, curl, bool(proxy))
+            if error is not None:
+                body.fail(error[0], error[1], curl, exchange.proxied)
             status = curl.getinfo(pycurl.RESPONSE_CODE)
             location = curl.getinfo(pycurl.REDIRECT_URL)
+            lines = exchange.header_lines
             wait = retry_after(lines) if status in (429, 503) else None
             content_type = curl.getinfo(pycurl.CONTENT_TYPE) or "none"
         except BaseException:
@@ -161,18 +228,9 @@ class Client:
         if body.error is not None:
             sink.close()
             raise body.error
-        return Answer(
-            status,
-            location,
-            wait,
-            content_type,
-            body.sink_error,
-        )
+        return Answer(status, location, wait, content_type, body.sink_error)
 
-    def _handle(self) -> pycurl.Curl:
-        curl: pycurl.Curl | None = getattr(self._local, "curl", None)
-        if curl is not None:
-            return curl
+    def _new_curl(self) -> pycurl.Curl:
         curl = pycurl.Curl()
         curl.setopt(pycurl.NOSIGNAL, 1)  # no SIGALRM for timeouts: we own signals
         curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
@@ -185,14 +243,10 @@ class Client:
             curl.setopt(pycurl.CAINFO, self.ca_bundle)
         # The cookie engine is on even without --cookies: a CDN that sets a
         # cookie on the first image gets it back on the next ones, from any
-        # worker (the share holds one jar), as a browser would send it.
+        # handle (the share holds one jar), as a browser would send it.
         curl.setopt(
             pycurl.COOKIEFILE, "" if self.cookies is None else str(self.cookies)
         )
-        self._local.curl = curl
-        self._local.last = {}  # option -> the value it was last set to
-        with self._lock:
-            self._handles.append(curl)
         return curl
 
     def _proxy_for(self, url: str) -> str:

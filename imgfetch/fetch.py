@@ -15,8 +15,9 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from . import decode
@@ -31,7 +32,15 @@ from .classify import (
     check_status,
     redirect_target,
 )
-from .exchange import ACCEPT, DEADLINE_REASON, Client, Sink, is_abort
+from .exchange import (
+    ACCEPT,
+    DEADLINE_REASON,
+    Answer,
+    Client,
+    Request,
+    Sink,
+    is_abort,
+)
 from .fsutil import BATCH_SYNC, create_temp_beside, write_all
 from .hosts import HostGate, host_key
 from .redact import redact_text, redact_url
@@ -138,7 +147,40 @@ class Fetcher:
         self.client.close()
 
     def fetch(self, url: str, folder: Path, stem: str) -> SavedImage:
-        """Download `url` to `folder/stem.<ext>`; raise ImageFailed or Aborted."""
+        """Download `url` to `folder/stem.<ext>` on this thread, blocking; raise
+        ImageFailed or Aborted. The multiplexer runs `steps` instead."""
+        steps = self.steps(url, folder, stem)
+        reply: object = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value
+            reply, error = None, None
+            try:
+                reply = self._block_on(step)
+            except Exception as exc:  # noqa: BLE001 - handed to the steps
+                error = exc
+
+    def _block_on(self, step: Step) -> object:
+        if isinstance(step, Request):
+            return self.client.get(step)
+        if isinstance(step, Offload):
+            return step.call()
+        if isinstance(step, Enter):
+            if not self.gate.enter(step.host, self.abort):
+                raise Aborted
+        elif self.abort.wait(step.seconds):
+            raise Aborted
+        return None
+
+    def steps(self, url: str, folder: Path, stem: str) -> Steps:
+        """The download of one image as a generator of the steps it waits on:
+        a request, a host's turn, a pause before a retry, saving the body.
+        Whoever drives it sends back each step's outcome (an Answer for a
+        request) or throws its error (Aborted when the run is stopping); it
+        returns the SavedImage or raises ImageFailed."""
         host = host_key(url)  # of the first hop: the Referer policy is per host
         image = _Image(url, self.gate.referer_flipped(host))
         while True:
@@ -148,16 +190,18 @@ class Fetcher:
             self._check_time_left(image)
             referer = referer_for(url, self._referer, image.flipped)
             try:
-                saved = self._attempt(image, host, folder, stem, referer)
+                saved = yield from self._attempt(image, host, folder, stem, referer)
             except Forbidden as exc:
                 self._flip_referer(image, str(exc))
+                continue
             except Permanent as exc:
                 raise ImageFailed(f"{PERMANENT}{exc}", image.attempts) from None
             except Transient as exc:
-                self._wait_before_retry(image, exc)
+                wait = self._retry_wait(image, exc)
             else:
                 self.gate.remember_referer(host, image.flipped)
                 return saved
+            yield Pause(wait)
 
     def _check_time_left(self, image: _Image) -> None:
         if image.deadline is None or image.deadline - self.clock() > 0:
@@ -180,7 +224,8 @@ class Fetcher:
             "%s: %s, trying the other Referer policy", redact_url(image.url), reason
         )
 
-    def _wait_before_retry(self, image: _Image, exc: Transient) -> None:
+    def _retry_wait(self, image: _Image, exc: Transient) -> float:
+        """Seconds to wait before the next attempt; raises ImageFailed for none."""
         image.last = exc.reason
         image.transient += 1
         image.undecodable += exc.undecodable
@@ -198,8 +243,7 @@ class Fetcher:
                 image.attempts,
             )
         log.info("retrying %s in %.1fs: %s", redact_url(image.url), wait, exc.reason)
-        if self.abort.wait(wait):
-            raise Aborted
+        return wait
 
     def _backoff(self, failures: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -217,7 +261,7 @@ class Fetcher:
         folder: Path,
         stem: str,
         referer: str | None,
-    ) -> SavedImage:
+    ) -> Generator[Step, object, SavedImage]:
         url = image.url
         headers = dict(self._headers)
         if referer:
@@ -227,12 +271,13 @@ class Fetcher:
         for hop in range(self.config.max_redirects + 1):
             check_fetchable(url)
             host = host_key(url) if hop else first_host
-            if not self.gate.enter(host, self.abort):
-                raise Aborted
+            yield Enter(host)  # a slot of the host is held from here
             try:
                 if image.deadline is None:
                     image.deadline = self.clock() + self.config.deadline
-                target = self._request(url, headers, host, image.deadline, folder, stem)
+                target = yield from self._request(
+                    url, headers, host, image.deadline, folder, stem
+                )
             finally:
                 self.gate.leave(host)
             if isinstance(target, SavedImage):
@@ -255,32 +300,36 @@ class Fetcher:
         deadline: float,
         folder: Path,
         stem: str,
-    ) -> SavedImage | str:
+    ) -> Generator[Step, object, SavedImage | str]:
         """The saved image, or the URL a redirect points to."""
         left = deadline - self.clock()
         if left <= 0:
             raise Transient("deadline exceeded waiting for the host")
         sink = _ImageSink(folder, stem, self.config.max_bytes)
+        config = self.config
+        request = Request(
+            url,
+            _header_lines(headers),
+            config.connect_timeout,
+            config.read_timeout,
+            left,
+            sink,
+        )
         try:
-            answer = self.client.get(
-                url,
-                _header_lines(headers),
-                connect_timeout=self.config.connect_timeout,
-                read_timeout=self.config.read_timeout,
-                time_left=left,
-                sink=sink,
-            )
-        except Transient as exc:
-            # libcurl's timer may fire a little before ours says the time is up.
-            at_deadline = deadline - self.clock() < _TIMER_SLACK
-            if exc.reason == "timed out" and sink.started and at_deadline:
-                raise Transient(DEADLINE_REASON) from None
-            raise
-        except Exception as exc:
-            if is_abort(exc):
-                raise Aborted from None
-            raise
-        try:
+            try:
+                answer = yield request
+            except Transient as exc:
+                # libcurl's timer may fire a little before ours says the time is
+                # up.
+                at_deadline = deadline - self.clock() < _TIMER_SLACK
+                if exc.reason == "timed out" and sink.started and at_deadline:
+                    raise Transient(DEADLINE_REASON) from None
+                raise
+            except Exception as exc:
+                if is_abort(exc):
+                    raise Aborted from None
+                raise
+            assert isinstance(answer, Answer)
             target = redirect_target(answer.status, answer.location)
             if target is not None:
                 return target
@@ -288,19 +337,52 @@ class Fetcher:
             try:
                 if answer.sink_error is not None:
                     raise answer.sink_error
-                saved = sink.keep(self.config.verify_decode)
+                saved = yield Offload(partial(self._save, sink))
             except _NotAnImage as exc:
                 ctype = answer.content_type[:60]
                 raise Permanent(
                     f"not an image: {exc.kind} (Content-Type {ctype})"
                 ) from None
-            if self.abort.is_set():
-                # The shutdown swept temporary files already; a file renamed into
-                # place now would be an image no state names.
-                raise Aborted
-            return sink.commit(saved)
+            assert isinstance(saved, SavedImage)
+            return saved
         finally:
             sink.close()
+
+    def _save(self, sink: _ImageSink) -> SavedImage:
+        # File system calls only (and a decode with --verify-decode): run on an
+        # I/O thread by the multiplexer, so a slow disk holds up no transfer.
+        saved = sink.keep(self.config.verify_decode)
+        if self.abort.is_set():
+            # The shutdown swept temporary files already; a file renamed into
+            # place now would be an image no state names.
+            raise Aborted
+        return sink.commit(saved)
+
+
+@dataclass(frozen=True, slots=True)
+class Enter:
+    """Step: wait for a connection slot of `host` and for its turn (`--rate`, a
+    pause it asked for); the slot is held until `HostGate.leave`."""
+
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Step: wait `seconds` before the next attempt."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Offload:
+    """Step: run `call` (file system work) and reply with what it returns."""
+
+    call: Callable[[], object]
+
+
+Step = Request | Enter | Pause | Offload
+Steps = Generator[Step, object, SavedImage]
 
 
 class _ImageSink(Sink):

@@ -142,15 +142,34 @@ class HostGate:
                 return True
         return False
 
-    def _wait_turn(self, state: _Host, abort: threading.Event) -> bool:
+    def try_enter(self, host: str) -> float | None:
+        """`enter` without blocking, for the multiplexer: None when every slot of
+        `host` is taken (try again after a `leave`); else a slot is held and the
+        return value is the start time to pass to `turn_wait`."""
+        state = self._state(host)
+        if not state.slots.acquire(blocking=False):
+            return None
+        return self._reserve(state)
+
+    def turn_wait(self, host: str, start: float) -> float:
+        """Seconds until a request given `start` by `try_enter` may go (<= 0: now).
+        Asked again when it runs out: a 429 that came meanwhile pushes it back."""
+        state = self._state(host)
+        return max(start, state.not_before) - self._clock()
+
+    def _reserve(self, state: _Host) -> float:
         if not self.interval and state.not_before <= self._clock():
-            return True  # no --rate and no pause: nothing to wait for, or to reserve
+            return 0.0  # no --rate and no pause: nothing to wait for, or to reserve
         with self._lock:
             start = max(self._clock(), state.next_start, state.not_before)
             # Reserving the start now spaces the requests of concurrent workers
             # evenly instead of letting them all wake at the same instant.
             if self.interval:
                 state.next_start = start + self.interval
+            return start
+
+    def _wait_turn(self, state: _Host, abort: threading.Event) -> bool:
+        start = self._reserve(state)
         while True:
             with self._lock:
                 # A 429 that arrived while this worker waited pushes it back too.
