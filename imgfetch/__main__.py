@@ -1,5 +1,5 @@
 """`python -m imgfetch`: the same as the `imgfetch` command."""
 
-from .launch import entry
+from .launch import main
 
-entry()
+main()

@@ -1,18 +1,24 @@
 """The command line: options, and the one boundary that maps errors to exit codes."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: typer reads the commands'
+# annotations at every start, and as strings each would be compiled and evaluated
+# again (half of the time typer takes to build the commands, #6).
 
 import contextlib
+import copy
 import inspect
 import os
 import sys
 import threading
 import traceback
-from enum import StrEnum
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args, get_origin
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .access import check_proxy, check_url_option, load_cookies, parse_header
@@ -35,7 +41,128 @@ EXIT_CODES_HELP = "Exit codes:\n\n" + "\n\n".join(
     f"{int(code):>3}  {text}" for code, text in EXIT_CODE_TABLE
 )
 
+# typer (0.2x) converts each value with a pydantic TypeAdapter that it builds the
+# first time the parameter is parsed: importing pydantic and building them cost
+# about 0.15 s of every start (#6), before the first download. Every parameter
+# here is of a kind whose conversion is one plain call (a parser, an Enum, str,
+# bool, Path, a list of those); for those kinds the value is converted directly,
+# and anything else, every failure included, goes to typer's own converter, so
+# values and messages stay typer's. An older typer (no pydantic) has none of the
+# internals used here, and parses as it always did.
+try:
+    from typer._coercion import RuntimeParam, build_runtime_param
+    from typer._param_types import coerce_cli_choice, coerce_cli_path
+    from typer.core import _TyperParameter
+except ImportError:  # pragma: no cover
+    _DIRECT = False
+else:
+    _DIRECT = True
+
+Convert = Callable[[Any, Any, Any], Any]  # (value, param, ctx) -> value
+
+if _DIRECT:
+
+    @dataclass(frozen=True)
+    class _DirectParam(RuntimeParam):
+        """A parameter's conversion without pydantic, typer's as the fallback."""
+
+        convert: Convert
+
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            try:
+                return self.convert(value, param, ctx)
+            except Exception:
+                pass  # outside the handler: a traceback must not show this try
+            typer_own = build_runtime_param(param.type_descriptor)
+            return typer_own._coerce_value(value, param=param, ctx=ctx)
+
+
+def _convert_directly(params: list[Any]) -> None:
+    """Give each parameter typer has not converted yet a direct conversion."""
+    if not _DIRECT:
+        return
+    for param in params:
+        if not isinstance(param, _TyperParameter) or param._runtime_param is not None:
+            continue
+        kind = param.type_descriptor
+        if kind.file_annotation is not None:
+            continue
+        convert = _direct_conversion(kind.annotation, kind.parameter_info)
+        if convert is not None:
+            param._runtime_param = _DirectParam(
+                kind.parameter_info, kind.annotation, convert
+            )
+
+
+def _direct_conversion(annotation: Any, info: Any) -> Convert | None:
+    """What typer's TypeAdapter would do for the usual values of this kind; None
+    for a kind that is left to typer."""
+    if get_origin(annotation) is not list:
+        return _direct_item(annotation, info)
+    item = _direct_item(get_args(annotation)[0], info)
+    if item is None:
+        return None
+
+    def convert_list(value: Any, param: Any, ctx: Any) -> list[Any]:
+        if not isinstance(value, list | tuple):
+            raise TypeError(value)
+        return [item(one, param, ctx) for one in value]
+
+    return convert_list
+
+
+def _direct_item(annotation: Any, info: Any) -> Convert | None:
+    # The order of typer's checks: a parser wins over the annotation.
+    parser = info.parser
+    if parser is not None:
+        return lambda value, param, ctx: parser(value)
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        choices = list(annotation)
+        return lambda value, param, ctx: coerce_cli_choice(
+            value, choices=choices, case_sensitive=info.case_sensitive, ctx=ctx
+        )
+    if annotation is str or annotation is bool:
+        return lambda value, param, ctx: _exactly(annotation, value)
+    if isinstance(annotation, type) and issubclass(annotation, Path):
+        path_type = info.path_type or annotation
+        if not issubclass(path_type, Path):
+            return None
+
+        def convert_path(value: Any, param: Any, ctx: Any) -> Any:
+            if type(value) is str:
+                value = path_type(value)  # what typer has pydantic do
+            elif not isinstance(value, path_type):
+                raise TypeError(value)
+            return coerce_cli_path(
+                value, info, path_type=path_type, param=param, ctx=ctx
+            )
+
+        return convert_path
+    return None
+
+
+def _exactly(kind: type, value: Any) -> Any:
+    """`value` when it is already what the conversion would return."""
+    if type(value) is not kind:
+        raise TypeError(value)
+    return value
+
+
+class _Command(TyperCommand):
+    def make_parser(self, ctx: Any) -> Any:
+        _convert_directly(self.get_params(ctx))
+        return super().make_parser(ctx)
+
+
+class _Group(TyperGroup):
+    def make_parser(self, ctx: Any) -> Any:
+        # The help option is a parameter too, converted (as None) at every parse.
+        _convert_directly(self.get_params(ctx))
+        return super().make_parser(ctx)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="imgfetch",
     help=(
         "Download every image of a product catalog, interrupt-safe: Ctrl+C, "
@@ -343,7 +470,7 @@ def _messages(lang: LangChoice) -> Messages:
     return Messages(chosen)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(epilog=EXIT_CODES_HELP, cls=_Command)
 def download(
     input_path: Annotated[
         Path | None,
@@ -403,7 +530,7 @@ def download(
     raise typer.Exit(code)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(epilog=EXIT_CODES_HELP, cls=_Command)
 def resume(
     data_dir: DataDir = Path("data_clean"),
     backend: Backend = None,
@@ -440,7 +567,7 @@ def resume(
     raise typer.Exit(code)
 
 
-@app.command("inspect-pending")
+@app.command("inspect-pending", cls=_Command)
 def inspect_pending(
     data_dir: DataDir = Path("data_clean"),
     backend: Backend = None,
@@ -466,7 +593,7 @@ def inspect_pending(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=_Command)
 def failures(
     data_dir: DataDir = Path("data_clean"),
     backend: Backend = None,
@@ -493,7 +620,7 @@ def failures(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=_Command)
 def export(
     to: Annotated[
         Path,
@@ -519,7 +646,7 @@ def export(
     raise typer.Exit(export_state(data_dir, backend, catalog, to, report))
 
 
-@app.command()
+@app.command(cls=_Command)
 def migrate(
     source: Annotated[
         str, typer.Option("--from", help="The store that wrote the data directory.")
@@ -542,7 +669,7 @@ def migrate(
     raise typer.Exit(migrate_state(data_dir, source, target, catalog, report))
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     folder: Annotated[
         Path, typer.Option("--dir", help="Folder for the demo catalog and data.")
@@ -596,7 +723,7 @@ def demo(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=_Command)
 def version() -> None:
     """Print the version."""
     print(__version__)
@@ -616,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose" in args or "-v" in args
     msg = Messages(_lang_in(args))
     _tolerate_narrow_encodings()
-    command = typer.main.get_command(app)
+    command = _click_command(args)
     try:
         result = command.main(args, prog_name="imgfetch", standalone_mode=False)
     except ImgfetchError as exc:
@@ -636,6 +763,26 @@ def main(argv: list[str] | None = None) -> int:
         _error(msg("err_internal", detail=repr(exc)), verbose, msg)
         return 70
     return result if isinstance(result, int) else 0
+
+
+def _click_command(args: list[str]) -> Any:
+    """The click group typer makes of `app`, with only the command `args` names if
+    they start with one: typer builds a command's parameters from its annotations
+    at every start, and the other commands' would go unused."""
+    named = [
+        info
+        for info in app.registered_commands
+        if args and args[0] == (info.name or _command_name(info.callback))
+    ]
+    if not named:
+        return typer.main.get_command(app)  # help, or an unknown command
+    alone = copy.copy(app)
+    alone.registered_commands = named
+    return typer.main.get_group(alone)
+
+
+def _command_name(callback: Any) -> str:
+    return str(typer.main.get_command_name(callback.__name__))
 
 
 def _tolerate_narrow_encodings() -> None:

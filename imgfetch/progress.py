@@ -190,18 +190,25 @@ class _Dynamic:
 
 
 def choose_view(
-    mode: str, msg: Messages, tally: Tally, console: Console, out: Callable[[str], None]
+    mode: str,
+    msg: Messages,
+    tally: Tally,
+    console: Console | Callable[[], Console],
+    out: Callable[[str], None],
 ) -> ProgressView:
-    """`auto` is rich on a terminal and plain lines anywhere else."""
-    if mode == "auto":
-        mode = (
-            "rich" if console.is_terminal and not console.is_dumb_terminal else "plain"
-        )
-    if mode == "rich":
-        return RichView(msg, tally, console)
+    """`auto` is rich on a terminal and plain lines anywhere else.
+
+    `console` may be the function that makes it, called only for `auto` and `rich`:
+    plain and silent runs then never import rich.
+    """
     if mode == "plain":
         return PlainView(msg, tally, out)
-    return ProgressView(msg, tally)
+    if mode not in ("auto", "rich"):
+        return ProgressView(msg, tally)
+    terminal = console() if callable(console) else console
+    if mode == "rich" or (terminal.is_terminal and not terminal.is_dumb_terminal):
+        return RichView(msg, tally, terminal)
+    return PlainView(msg, tally, out)
 
 
 def format_bytes(size: float) -> str:

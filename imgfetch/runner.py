@@ -27,7 +27,7 @@ from .catalog import (
     product_id,
     read_catalog,
 )
-from .console import console
+from .console import get_console
 from .engine import Engine, EngineConfig, RunResult
 from .errors import (
     DataDirBusyError,
@@ -343,7 +343,7 @@ def _engine(
     options: RunOptions, report: Reporter, store: StateStore, signals: SignalWatcher
 ) -> Engine:
     tally = Tally()
-    view = choose_view(options.progress, report.msg, tally, console, report.write)
+    view = choose_view(options.progress, report.msg, tally, get_console, report.write)
     fetcher = Fetcher(options.fetch, threading.Event())
     return Engine(
         data_dir=options.data_dir,
