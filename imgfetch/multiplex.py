@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import os
 import queue
 import select
@@ -258,7 +259,7 @@ class Multiplexer:
         if timeout <= 0:
             return
         if readable or writable or broken:
-            select.select(readable, writable, broken, timeout)
+            _poll(readable, writable, broken, timeout)
         else:
             time.sleep(timeout)
 
@@ -311,6 +312,28 @@ class Multiplexer:
         return Aborted()
 
 
+def _poll(
+    readable: list[int], writable: list[int], broken: list[int], timeout: float
+) -> None:
+    """Wait until one of the descriptors is ready, or `timeout` seconds.
+
+    poll, not select: select refuses descriptors past 1023, and 512 workers, each
+    with a connection and a file being saved, open more than that.
+    """
+    masks: dict[int, int] = {}
+    for fds, mask in (
+        (readable, select.POLLIN),
+        (writable, select.POLLOUT),
+        (broken, select.POLLPRI),
+    ):
+        for fd in fds:
+            masks[fd] = masks.get(fd, 0) | mask
+    poller = select.poll()
+    for fd, mask in masks.items():
+        poller.register(fd, mask)
+    poller.poll(max(0, math.ceil(timeout * 1000)))
+
+
 class _IoThreads:
     """A few daemon threads that run file system calls for the loop.
 
@@ -350,7 +373,7 @@ class _IoThreads:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            select.select([self.wake], [], [], left)
+            _poll([self.wake], [], [], left)
             self._drain()
         self._drain()
         done = []
