@@ -44,6 +44,7 @@ _WRAPPERS = (
     "_LoaderBasics",
     "_handle_fromlist",
     "entry (imgfetch/launch.py)",
+    "main (imgfetch/launch.py)",
 )
 
 
