@@ -129,7 +129,9 @@ def test_abort_ends_every_download_at_once_and_leaves_no_temp_file(
 ) -> None:
     # Bodies over 1 MiB stream into their temporary file, which abort must remove.
     size = 3 * 1024 * 1024
-    urls = {n: server.url(f"a{n}", size=size, drip=0.05, fast=1 << 20) for n in range(4)}
+    urls = {
+        n: server.url(f"a{n}", size=size, drip=0.05, fast=1 << 20) for n in range(4)
+    }
     urls[9] = server.url("stalled", stall=1)
     downloads = make()
     try:
@@ -152,9 +154,7 @@ def test_abort_ends_every_download_at_once_and_leaves_no_temp_file(
     assert took < 5, "abort waited for a transfer"
 
 
-def test_descriptors_past_1023_are_waited_on(
-    server: ImageServer, folder: Path
-) -> None:
+def test_descriptors_past_1023_are_waited_on(server: ImageServer, folder: Path) -> None:
     # select() refuses descriptors past 1023; 512 workers, each with a connection
     # and a file being saved, get there.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
