@@ -131,9 +131,12 @@ class Engine:
         self.tally = tally
         self.signals = signals
         self.say = say
-        # Images waiting for the multiplexer to have room.
+        # Images waiting for the multiplexer to have room; it takes them itself
+        # (`_next_download`) the moment a transfer ends.
         self.jobs: deque[_Job] = deque()
-        self.downloads = Multiplexer(fetcher, config.workers)
+        self.downloads = Multiplexer(
+            fetcher, config.workers, source=self._next_download
+        )
         self.stop_starting = threading.Event()
         self.interrupted = False  # a signal stopped the run with work left
         self._outstanding = 0
@@ -221,14 +224,12 @@ class Engine:
         while todo and self._outstanding < limit and started < _STARTS_PER_TURN:
             self._start_product(todo.pop(), merge)
             started += 1
-        self._start_downloads()
 
-    def _start_downloads(self) -> None:
-        free = self.downloads.free()
-        while free > 0 and self.jobs and not self.stop_starting.is_set():
-            job = self.jobs.popleft()
-            self.downloads.add(job, job.image.url, job.run.folder, job.image.stem)
-            free -= 1
+    def _next_download(self) -> tuple[_Job, str, Path, str] | None:
+        if not self.jobs or self.stop_starting.is_set():
+            return None
+        job = self.jobs.popleft()
+        return job, job.image.url, job.run.folder, job.image.stem
 
     def _start_product(self, product: Product, merge: bool) -> None:
         folder = product_dir(self.data_dir, product.id)
@@ -278,7 +279,6 @@ class Engine:
             self._active[product.id] = run
 
     def _collect(self, timeout: float) -> None:
-        self._start_downloads()
         for job, result in self.downloads.pump(timeout):
             assert isinstance(job, _Job)
             self._handle(job, _outcome(job, result))

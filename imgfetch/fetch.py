@@ -271,15 +271,7 @@ class Fetcher:
         for hop in range(self.config.max_redirects + 1):
             check_fetchable(url)
             host = host_key(url) if hop else first_host
-            yield Enter(host)  # a slot of the host is held from here
-            try:
-                if image.deadline is None:
-                    image.deadline = self.clock() + self.config.deadline
-                target = yield from self._request(
-                    url, headers, host, image.deadline, folder, stem
-                )
-            finally:
-                self.gate.leave(host)
+            target = yield from self._request(image, url, headers, host, folder, stem)
             if isinstance(target, SavedImage):
                 return target
             log.debug("%s redirects to %s", redact_url(url), redact_url(target))
@@ -294,42 +286,17 @@ class Fetcher:
 
     def _request(
         self,
+        image: _Image,
         url: str,
         headers: dict[str, str],
         host: str,
-        deadline: float,
         folder: Path,
         stem: str,
     ) -> Generator[Step, object, SavedImage | str]:
         """The saved image, or the URL a redirect points to."""
-        left = deadline - self.clock()
-        if left <= 0:
-            raise Transient("deadline exceeded waiting for the host")
         sink = _ImageSink(folder, stem, self.config.max_bytes)
-        config = self.config
-        request = Request(
-            url,
-            _header_lines(headers),
-            config.connect_timeout,
-            config.read_timeout,
-            left,
-            sink,
-        )
         try:
-            try:
-                answer = yield request
-            except Transient as exc:
-                # libcurl's timer may fire a little before ours says the time is
-                # up.
-                at_deadline = deadline - self.clock() < _TIMER_SLACK
-                if exc.reason == "timed out" and sink.started and at_deadline:
-                    raise Transient(DEADLINE_REASON) from None
-                raise
-            except Exception as exc:
-                if is_abort(exc):
-                    raise Aborted from None
-                raise
-            assert isinstance(answer, Answer)
+            answer = yield from self._exchange(image, url, headers, host, sink)
             target = redirect_target(answer.status, answer.location)
             if target is not None:
                 return target
@@ -347,6 +314,52 @@ class Fetcher:
             return saved
         finally:
             sink.close()
+
+    def _exchange(
+        self,
+        image: _Image,
+        url: str,
+        headers: dict[str, str],
+        host: str,
+        sink: _ImageSink,
+    ) -> Generator[Step, object, Answer]:
+        """The answer to one GET, with a slot of `host` held only while it runs:
+        the connection is idle once the body is in, and saving the file must not
+        keep the next request to that host waiting."""
+        yield Enter(host)
+        try:
+            if image.deadline is None:  # it starts once the host lets us in
+                image.deadline = self.clock() + self.config.deadline
+            deadline = image.deadline
+            left = deadline - self.clock()
+            if left <= 0:
+                raise Transient("deadline exceeded waiting for the host")
+            config = self.config
+            request = Request(
+                url,
+                _header_lines(headers),
+                config.connect_timeout,
+                config.read_timeout,
+                left,
+                sink,
+            )
+            try:
+                answer = yield request
+            except Transient as exc:
+                # libcurl's timer may fire a little before ours says the time is
+                # up.
+                at_deadline = deadline - self.clock() < _TIMER_SLACK
+                if exc.reason == "timed out" and sink.started and at_deadline:
+                    raise Transient(DEADLINE_REASON) from None
+                raise
+            except Exception as exc:
+                if is_abort(exc):
+                    raise Aborted from None
+                raise
+            assert isinstance(answer, Answer)
+            return answer
+        finally:
+            self.gate.leave(host)
 
     def _save(self, sink: _ImageSink) -> SavedImage:
         # File system calls only (and a decode with --verify-decode): run on an

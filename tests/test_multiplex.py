@@ -9,6 +9,7 @@ import time
 from collections.abc import Hashable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,3 +177,43 @@ def test_descriptors_past_1023_are_waited_on(server: ImageServer, folder: Path) 
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
     assert all(isinstance(r, SavedImage) for r in results.values()), results
+
+
+def test_a_file_being_saved_holds_neither_a_transfer_nor_a_host_slot(
+    server: ImageServer, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With one transfer and one connection to the host, the second image is
+    # fetched while the first one's file is still being written: the next
+    # request does not wait on the disk.
+    first, second = server.url("slow-disk"), server.url("next")
+    release = threading.Event()
+    save = Fetcher._save
+
+    def slow_save(self: Fetcher, sink: Any) -> SavedImage:
+        if sink.stem == "main_1":
+            assert release.wait(20), "never released"
+        return save(self, sink)
+
+    monkeypatch.setattr(Fetcher, "_save", slow_save)
+    downloads = make(replace(FAST, per_host=1), capacity=1)
+    order: list[Hashable] = []
+    try:
+        downloads.add(1, first, folder, "main_1")
+        deadline = time.monotonic() + 20
+        while downloads.free() == 0:
+            assert time.monotonic() < deadline, "the first transfer never ended"
+            assert downloads.pump(0.05) == []
+        downloads.add(2, second, folder, "main_2")
+        while not order:
+            assert time.monotonic() < deadline, "the second image never came"
+            order += [key for key, _result in downloads.pump(0.05)]
+        release.set()
+        while downloads.active:
+            assert time.monotonic() < deadline, "the first image never came"
+            order += [key for key, _result in downloads.pump(0.05)]
+    finally:
+        release.set()
+        downloads.close()
+
+    assert order == [2, 1]
+    assert (folder / "main_1.jpg").read_bytes() == server.expected_bytes(first)
