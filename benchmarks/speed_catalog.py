@@ -7,9 +7,9 @@ Downloading a million products' images would take hours, so a run is cut in two:
   catalog read and the planning step (recording every product as pending) timed
   separately, and the peak memory up to then;
 - the run: it then downloads from nginx (loopback, no delay) for a fixed time and
-  gets SIGINT. The share of that time the main thread spent saving state
-  (`Engine._flush`: syncing image folders and writing the store), recording
-  images, and claiming work is the persistence share; the final save after the
+  gets SIGINT. The share of that time spent saving state (`Saver._write`:
+  syncing image folders and writing the store, mostly on the save thread while
+  downloads go on), recording images, and claiming work is the persistence share; the final save after the
   signal, the time to exit and the peak memory of the whole process follow.
 
 The timings come from benchmarks/speed_probe.py, which runs imgfetch in-process
@@ -275,8 +275,9 @@ def scenario(args: argparse.Namespace, root: Path) -> str:
         "planning: every product recorded as pending and flushed). The run then "
         f"downloads from nginx (loopback) with {CATALOG_WORKERS} workers for "
         f"{args.catalog_run_seconds:g} s and gets SIGINT. \"state share\" is the "
-        "time the main thread spent in saves (image folder fsyncs plus the "
-        "store's writes) and in per-image store calls (record_image, and claim, "
+        "time spent in saves (image folder syncs plus the store's writes; they "
+        "run on a thread of their own while downloads go on, and are counted "
+        "whole all the same) and in per-image store calls (record_image, and claim, "
         "which hands the engine its next products), over the run's length; a "
         "save's store part is the store's record_many and flush, the rest syncs "
         f"image folders. Before: {before}; after: {load()}.",

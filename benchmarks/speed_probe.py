@@ -5,8 +5,8 @@
 Behaves like the `imgfetch` command (same signal handling, same exit code) and
 writes, when the command ends, a JSON object of monotonic timestamps and summed
 durations: the catalog read, the planning step (recording the catalog as pending),
-when the engine started, every save (`Engine._flush`, which syncs image folders
-and writes the store), each store call, when the shutdown began, and the images
+when the engine started, every save (`Saver._write`, which syncs image folders
+and writes the store, on the save thread or at the end on the main thread), each store call, when the shutdown began, and the images
 done by then. The benchmark reads the persistence share of a run from it.
 
 Only measurement is patched in; if a hook point was renamed, the probe says so in
@@ -37,7 +37,7 @@ class Timings:
     def __init__(self) -> None:
         self.data: dict[str, Any] = {
             "launched": time.monotonic(),
-            "flushes": [],  # [start, duration] of every Engine._flush
+            "flushes": [],  # [start, duration] of every Saver._write
             "store": dict.fromkeys(STORE_CALLS, 0.0),
             "store_calls": dict.fromkeys(STORE_CALLS, 0),
             "store_writes": [],  # [start, duration] of each record_many and flush
@@ -83,11 +83,11 @@ class Timings:
 
 
 def install(timings: Timings) -> None:
-    from imgfetch import engine, runner
+    from imgfetch import engine, runner, saving
 
     timings.wrap(runner, "read_catalog", timings.span("catalog_read"))
     timings.wrap(runner, "_plan", timings.span("plan"))
-    timings.wrap(engine.Engine, "_flush", timings.flush)
+    timings.wrap(saving.Saver, "_write", timings.flush)
     timings.wrap(engine.Engine, "_shutdown", timings.span("shutdown"))
     _wrap_engine_start(timings, engine)
     _wrap_store(timings, runner)

@@ -28,16 +28,14 @@ from .catalog import ImageRef, Product
 from .errors import StorageError
 from .fetch import Aborted, Fetcher, ImageFailed, SavedImage
 from .fsutil import (
-    BATCH_SYNC,
     PathGuard,
-    fsync_dir,
-    sync_filesystem,
     temp_file_beside,
 )
 from .multiplex import Multiplexer, Result
-from .paths import IMAGES_DIR, LOCK_FILE, image_relpath, is_temp_name, product_dir
+from .paths import LOCK_FILE, image_relpath, is_temp_name, product_dir
 from .progress import ProductLine, ProgressView, Tally
 from .redact import redact_url, strip_userinfo
+from .saving import Saver, storage_error
 from .signals import SignalWatcher
 from .sniff import EXTENSIONS, SNIFF_BYTES, sniff_format
 
@@ -52,8 +50,6 @@ _HOME_CHECK = 0.25  # seconds between two looks at the data directory
 # product, one shop), and a million would cost a gigabyte.
 _FETCHED_MEMORY = 50_000
 _HEARTBEAT = 5.0  # seconds between calls that let a shared store renew its leases
-_DURABLE_SAVE_INTERVAL = 1.0  # seconds; see _maybe_flush
-_MAX_SAVE_GAP = 10.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -142,13 +138,14 @@ class Engine:
         self._outstanding = 0
         self._done = 0
         self._total = 0
-        self._since_flush = 0
-        self._last_flush = time.monotonic()
-        self._flush_cost = 0.0
-        self._dirty_dirs: set[Path] = set()
-        # Finished products wait here for the next save, so that one sync of their
-        # folders and one write of the store covers many of them.
-        self._finished: list[tuple[str, Entry, list[Failure]]] = []
+        self.saver = Saver(
+            data_dir,
+            store,
+            save_every=config.save_every,
+            save_interval=config.save_interval,
+            check_home=lambda: self._check_home(now=True),
+            home_moved=lambda: self._home.moved(),
+        )
         self._last_beat = time.monotonic()
         self._home_checked = 0.0
         # URL -> where this run saved it (the most recent few), and URL -> the
@@ -188,6 +185,7 @@ class Engine:
         finally:
             self.view.end()
             self._stop_downloads()
+            self.saver.wait()  # it may use the data directory's guard
             self._home.close()
         return RunResult(
             # Only a signal the run stopped for: one that lands after the last
@@ -251,7 +249,7 @@ class Engine:
                 self.tally.per_category[image.category] += 1
                 self.tally.images += 1
                 # Its rename may never have been synced if that run was killed.
-                self._dirty_dirs.add(folder)
+                self.saver.wrote_into(folder)
             elif image.problem:
                 run.failures.append(
                     Failure(
@@ -304,7 +302,7 @@ class Engine:
             self.tally.per_category[image.category] += 1
             self.tally.images += 1
             self.tally.bytes += outcome.size
-            self._dirty_dirs.add(run.folder)
+            self.saver.wrote_into(run.folder)
         elif isinstance(outcome, Failure):
             log.warning(
                 "product %s: %s image %d failed: %s",
@@ -316,7 +314,7 @@ class Engine:
             run.failures.append(outcome)
             self.tally.failed += 1
         elif isinstance(outcome, _Fatal):
-            raise _storage_error(outcome.error, run.folder)
+            raise storage_error(outcome.error, run.folder)
         else:
             run.incomplete = True
         for waiter in waiters:
@@ -349,7 +347,7 @@ class Engine:
         )
         self.tally.per_category[image.category] += 1
         self.tally.images += 1
-        self._dirty_dirs.add(run.folder)
+        self.saver.wrote_into(run.folder)
         return True
 
     def _share(self, outcome: Outcome, waiter: _Job) -> Outcome:
@@ -374,8 +372,7 @@ class Engine:
     def _finish_product(self, run: _ProductRun) -> None:
         entry = _build_entry(run, self.config.categories)
         failures = sorted(run.failures, key=lambda f: (f.category, f.index))
-        self._finished.append((run.product.id, entry, failures))
-        self._since_flush += 1
+        self.saver.product_finished((run.product.id, entry, failures))
         self._done += 1
         self.tally.products += 1
         counts = {c: len(entry.get(c, [])) for c in self.config.categories}
@@ -391,53 +388,10 @@ class Engine:
         if now - self._last_beat >= _HEARTBEAT:
             self.store.heartbeat()
             self._last_beat = now
-        if not self._since_flush:
-            return
-        interval = self.config.save_interval
-        every = self._since_flush >= self.config.save_every
-        if self.store.durable_on_record:
-            # Recording is cheap and flat for these stores, but every save also
-            # syncs the images saved since the last one (10-30 ms, mostly fixed):
-            # once a second keeps that to a few percent of the run, and kill -9
-            # loses at most a second of records (their images stay and are
-            # reused by the next run).
-            interval = min(interval, _DURABLE_SAVE_INTERVAL)
-            every = False
-        due = every or now - self._last_flush >= interval
-        # Never spend more than about a twentieth of the run saving (a big JSON
-        # mapping is slow to rewrite), whatever --save-every says; and never let
-        # that stretch the gap between two saves past _MAX_SAVE_GAP.
-        spacing = min(19 * self._flush_cost, _MAX_SAVE_GAP)
-        if due and now - self._last_flush >= spacing:
-            self._flush()
+        self.saver.maybe()
 
     def _flush(self) -> None:
-        self._check_home(now=True)  # see below; also before syncing a gone folder
-        began = time.monotonic()
-        # Images must be durable before a mapping that names them.
-        if self._dirty_dirs and BATCH_SYNC:
-            try:
-                # Their data and folders at once, on the file system of images/
-                # (which may be a link to another disk than the state's).
-                sync_filesystem(self.data_dir / IMAGES_DIR)
-            except OSError as exc:  # an I/O error writing back, or a full disk
-                raise _storage_error(exc, self.data_dir) from exc
-        elif self._dirty_dirs:
-            for folder in self._dirty_dirs:
-                fsync_dir(folder)
-            fsync_dir(self.data_dir / IMAGES_DIR)
-        self._dirty_dirs.clear()
-        # Never write state into a data directory that replaced the one the run
-        # started in: it would name images that were deleted with the old one.
-        # Checked again after the sync, which can take a while.
-        self._check_home(now=True)
-        if self._finished:
-            self.store.record_many(self._finished)
-            self._finished = []
-        self.store.flush()
-        self._since_flush = 0
-        self._last_flush = time.monotonic()
-        self._flush_cost = self._last_flush - began
+        self.saver.now()
 
     def _check_home(self, *, now: bool = False) -> None:
         # A few stat calls: every _HOME_CHECK seconds is soon enough to stop
@@ -598,7 +552,7 @@ def _link_or_copy(
     except FileNotFoundError:
         return None
     except OSError as exc:  # a full disk, a read-only folder
-        raise _storage_error(exc, folder) from exc
+        raise storage_error(exc, folder) from exc
     return SavedImage(name, 0, saved.format)  # 0: no bytes were downloaded
 
 
@@ -629,7 +583,7 @@ def _unlink_symlinked_folder(folder: Path) -> None:
     try:
         folder.unlink()
     except OSError as exc:
-        raise _storage_error(exc, folder) from exc
+        raise storage_error(exc, folder) from exc
 
 
 def _build_entry(run: _ProductRun, categories: tuple[str, ...]) -> Entry:
@@ -669,12 +623,3 @@ def _guard(data_dir: Path) -> PathGuard:
 
 def _gone(data_dir: Path) -> StorageError:
     return StorageError("data_dir_gone", hint="data_dir_gone", path=data_dir)
-
-
-def _storage_error(error: OSError, folder: Path) -> StorageError:
-    return StorageError(
-        "write_images",
-        hint="free_space_resume",
-        path=folder,
-        detail=error.strerror or error,
-    )

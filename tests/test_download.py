@@ -19,7 +19,7 @@ from conftest import (
     write_catalog,
 )
 
-from imgfetch import cli, engine
+from imgfetch import cli, saving
 from imgfetch.paths import product_dir_name
 from imgfetch.testserver import ImageServer
 
@@ -571,7 +571,7 @@ def test_images_are_synced_on_the_disk_images_lives_on(
     (data / "images").symlink_to(elsewhere)
     synced: list[str] = []
     monkeypatch.setattr(
-        engine,
+        saving,
         "sync_filesystem",
         lambda folder: synced.append(os.path.realpath(folder)),
     )
