@@ -82,16 +82,23 @@ def _convert_directly(params: list[Any]) -> None:
     if not _DIRECT:
         return
     for param in params:
-        if not isinstance(param, _TyperParameter) or param._runtime_param is not None:
-            continue
-        kind = param.type_descriptor
-        if kind.file_annotation is not None:
-            continue
-        convert = _direct_conversion(kind.annotation, kind.parameter_info)
-        if convert is not None:
-            param._runtime_param = _DirectParam(
-                kind.parameter_info, kind.annotation, convert
-            )
+        try:
+            _give_direct_conversion(param)
+        except Exception:  # noqa: BLE001 - typer's internals changed: its own way
+            return
+
+
+def _give_direct_conversion(param: Any) -> None:
+    if not isinstance(param, _TyperParameter) or param._runtime_param is not None:
+        return
+    kind = param.type_descriptor
+    if kind.file_annotation is not None:
+        return
+    convert = _direct_conversion(kind.annotation, kind.parameter_info)
+    if convert is not None:
+        param._runtime_param = _DirectParam(
+            kind.parameter_info, kind.annotation, convert
+        )
 
 
 def _direct_conversion(annotation: Any, info: Any) -> Convert | None:
