@@ -9,8 +9,10 @@ Downloading a million products' images would take hours, so a run is cut in two:
 - the run: it then downloads from nginx (loopback, no delay) for a fixed time and
   gets SIGINT. The share of that time spent saving state (`Saver._write`:
   syncing image folders and writing the store, mostly on the save thread while
-  downloads go on), recording images, and claiming work is the persistence share; the final save after the
-  signal, the time to exit and the peak memory of the whole process follow.
+  downloads go on), recording images, and claiming work is the persistence
+  share; beside it, the share the engine thread itself spent on state (what the
+  downloads waited for). The final save after the signal, the time to exit and
+  the peak memory of the whole process follow.
 
 The timings come from benchmarks/speed_probe.py, which runs imgfetch in-process
 with timers around those calls. A last table measures how fast products with no
@@ -154,7 +156,7 @@ def _row(d: dict[str, Any], limit: float) -> list[object]:
     if not d["started"]:
         interrupted = f"> {limit:g} (interrupted)"
         return [d["backend"], size, interrupted, seconds("catalog_read"),
-                seconds("plan"), *["-"] * 8, peak, f"{d['exit_s']:.1f}",
+                seconds("plan"), *["-"] * 9, peak, f"{d['exit_s']:.1f}",
                 f"{d['state_mb']:,.0f}"]  # fmt: skip
     start: float = d["engine_start"]
     end: float = d.get("signal_seen", d.get("engine_end", d["sent"]))
@@ -169,6 +171,8 @@ def _row(d: dict[str, Any], limit: float) -> list[object]:
     final += d["store"].get("close", 0.0)
     record_image, claim = d["store"]["record_image"], d["store"]["claim"]
     share = (sum(saves) + record_image + claim) / phase
+    # What the downloads waited for: the engine thread's part of saving.
+    blocked = (sum(during(d.get("saver_main", []))) + record_image + claim) / phase
     rate = d.get("images_at_signal", d.get("images_total", 0)) / phase
     return [
         d["backend"],
@@ -179,6 +183,7 @@ def _row(d: dict[str, Any], limit: float) -> list[object]:
         f"{d['startup_peak_mb']:,.0f}",
         f"{rate:,.0f}",
         f"{share:.1%}",
+        f"{blocked:.1%}",
         f"{len(saves)}: {sum(saves):.2f} s ({writes:.2f} s store)",
         f"{record_image:.2f}",
         f"{claim:.2f}",
@@ -259,7 +264,8 @@ def scenario(args: argparse.Namespace, root: Path) -> str:
     header = [
         "store", "products", "start-up (s)", "catalog read (s)",
         "planning (s)", "peak RSS at start (MB)", "images/s in run",
-        "state share of run", "saves in run: count, time (store part)",
+        "state share of run", "engine thread's share",
+        "saves in run: count, time (store part)",
         "record_image (s)", "claim (s)", "longest save (s)",
         "save after SIGINT, close included (s)",
         "peak RSS (MB)", "SIGINT to exit (s)", "state on disk (MB)",
@@ -280,7 +286,10 @@ def scenario(args: argparse.Namespace, root: Path) -> str:
         "whole all the same) and in per-image store calls (record_image, and claim, "
         "which hands the engine its next products), over the run's length; a "
         "save's store part is the store's record_many and flush, the rest syncs "
-        f"image folders. Before: {before}; after: {load()}.",
+        "image folders. \"engine thread's share\" counts only what the "
+        "downloads waited for: the per-image store calls and the engine "
+        "thread's own part of saving (deciding, starting and taking in saves). "
+        f"Before: {before}; after: {load()}.",
         "",
         table(header, rows),
         "",

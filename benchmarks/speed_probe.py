@@ -6,8 +6,10 @@ Behaves like the `imgfetch` command (same signal handling, same exit code) and
 writes, when the command ends, a JSON object of monotonic timestamps and summed
 durations: the catalog read, the planning step (recording the catalog as pending),
 when the engine started, every save (`Saver._write`, which syncs image folders
-and writes the store, on the save thread or at the end on the main thread), each store call, when the shutdown began, and the images
-done by then. The benchmark reads the persistence share of a run from it.
+and writes the store, on the save thread or at the end on the engine's), the
+engine thread's own part of saving (`Saver.maybe` and `Saver.now`), each store
+call, when the shutdown began, and the images done by then. The benchmark reads
+the persistence share of a run from it.
 
 Only measurement is patched in; if a hook point was renamed, the probe says so in
 `missing` and the numbers it would have given are absent, nothing else changes.
@@ -38,6 +40,10 @@ class Timings:
         self.data: dict[str, Any] = {
             "launched": time.monotonic(),
             "flushes": [],  # [start, duration] of every Saver._write
+            # [start, duration] of the engine thread's own part of saving: deciding,
+            # starting a save, taking in one that ended (Saver.maybe), and the
+            # saves made on that thread (Saver.now)
+            "saver_main": [],
             "store": dict.fromkeys(STORE_CALLS, 0.0),
             "store_calls": dict.fromkeys(STORE_CALLS, 0),
             "store_writes": [],  # [start, duration] of each record_many and flush
@@ -81,6 +87,9 @@ class Timings:
     def flush(self, began: float, took: float) -> None:
         self.data["flushes"].append([began, took])
 
+    def saver_main(self, began: float, took: float) -> None:
+        self.data["saver_main"].append([began, took])
+
 
 def install(timings: Timings) -> None:
     from imgfetch import engine, runner, saving
@@ -88,6 +97,8 @@ def install(timings: Timings) -> None:
     timings.wrap(runner, "read_catalog", timings.span("catalog_read"))
     timings.wrap(runner, "_plan", timings.span("plan"))
     timings.wrap(saving.Saver, "_write", timings.flush)
+    timings.wrap(saving.Saver, "maybe", timings.saver_main)
+    timings.wrap(saving.Saver, "now", timings.saver_main)
     timings.wrap(engine.Engine, "_shutdown", timings.span("shutdown"))
     _wrap_engine_start(timings, engine)
     _wrap_store(timings, runner)
