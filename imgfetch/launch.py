@@ -11,7 +11,8 @@ from .signals import catch_early, early_signal, ignore_from_now_on
 
 
 def entry() -> None:
-    """`imgfetch` and `python -m imgfetch` start here."""
+    """The command, with signals caught from the first instant; `main` runs it
+    as the whole program (`imgfetch` and `python -m imgfetch`)."""
     catch_early()
     try:
         from .cli import entry as run_cli  # the heavy imports happen here

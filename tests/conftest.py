@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,10 +22,64 @@ import pytest
 from imgfetch.backends import open_store
 from imgfetch.backends.identity import current_store
 from imgfetch.catalog import product_id
+from imgfetch.fetch import Fetcher, SavedImage
+from imgfetch.multiplex import Multiplexer
 from imgfetch.testserver import ImageServer
 
 CATEGORY_FIELDS = {"main": "main_images", "sku": "sku_images", "qc": "qc_images"}
 _INDEX = re.compile(r"^(?P<cat>[a-z0-9_]+)_(?P<n>\d+)\.[a-z0-9]+$")
+
+
+@pytest.fixture(params=["blocking", "multiplexer"])
+def fetch_driver(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """Runs a test of `Fetcher.fetch` twice: once as it is (the download on the
+    calling thread), once through a Multiplexer, as the engine runs downloads.
+
+    A fetcher gets one Multiplexer per thread that calls it, kept until the test
+    ends, so its connections stay open from one fetch to the next as in a run.
+    """
+    if request.param == "blocking":
+        yield "blocking"
+        return
+    made: dict[tuple[int, int], Multiplexer] = {}
+    lock = threading.Lock()
+
+    def fetch(self: Fetcher, url: str, folder: Path, stem: str) -> SavedImage:
+        if type(self.abort) is not threading.Event:
+            # A test's own event that records the waits (and skips them) is
+            # only asked by the blocking driver: the multiplexer's are timers.
+            pytest.skip("this test records its waits through the blocking driver")
+        key = (id(self), threading.get_ident())
+        with lock:
+            downloads = made.get(key)
+            if downloads is None:
+                downloads = made[key] = Multiplexer(self, 1)
+        return _fetch_through(downloads, self, url, folder, stem)
+
+    monkeypatch.setattr(Fetcher, "fetch", fetch)
+    try:
+        yield "multiplexer"
+    finally:
+        for downloads in made.values():
+            downloads.close()
+
+
+def _fetch_through(
+    downloads: Multiplexer, fetcher: Fetcher, url: str, folder: Path, stem: str
+) -> SavedImage:
+    downloads.add(0, url, folder, stem)
+    while True:
+        # The engine's way to stop: set the event, then abort the downloads.
+        stopping = fetcher.abort.is_set()
+        ended = downloads.abort() if stopping else downloads.pump(0.05)
+        if ended:
+            result = ended[0][1]
+            if isinstance(result, BaseException):
+                raise result
+            assert isinstance(result, SavedImage)
+            return result
 
 
 @pytest.fixture

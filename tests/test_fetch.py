@@ -29,6 +29,9 @@ from imgfetch.fetch import Aborted, FetchConfig, Fetcher, ImageFailed, SavedImag
 from imgfetch.testimages import IMAGE_FORMATS
 from imgfetch.testserver import ImageServer
 
+# Every test runs with both drivers of a download (see conftest.fetch_driver).
+pytestmark = pytest.mark.usefixtures("fetch_driver")
+
 EXT = {
     "jpeg": "jpg",
     "png": "png",

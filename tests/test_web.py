@@ -40,6 +40,9 @@ from imgfetch.fetch import FetchConfig, Fetcher, ImageFailed, SavedImage
 from imgfetch.testimages import image_bytes
 from imgfetch.testserver import FAULT_KINDS, ImageServer
 
+# Every test runs with both drivers of a download (see conftest.fetch_driver).
+pytestmark = pytest.mark.usefixtures("fetch_driver")
+
 FAST = FetchConfig(
     connect_timeout=2.0,
     read_timeout=2.0,
