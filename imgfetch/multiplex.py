@@ -16,10 +16,11 @@ transfer at each wake, and a request could only be sent by such a visit.
 Saving a body (creating its file, writing, renaming) is the one step that can
 block on the disk: a few I/O threads do it, and each result wakes the loop. On a
 slow disk that is where 32 downloads would otherwise wait for one file at a time.
-A download being saved holds no transfer slot: `capacity` counts transfers, and
-the next one starts (from `source`) as soon as a body is in, not once its file
-is written. That gap, a few milliseconds per image, cost 4% of the rate with
-100 ms responses (#6). Up to `capacity` more downloads may be saving at once.
+A download being saved holds no slot: `capacity` counts the downloads that are
+not saving, and the next one starts (from `source`) as soon as a body is in, not
+once its file is written. That gap, a few milliseconds per image, cost about 2%
+of the rate with 100 ms responses (#6). Up to `capacity` more downloads may be
+saving at once, so at most twice `capacity` bodies are held in memory.
 
 `abort` ends every download at once, a request in the middle of its body
 included: its handle is taken out of the multi and its temporary file removed.
