@@ -406,6 +406,8 @@ class Engine:
             # The folder is still there, its lock file is not: an `rm -rf` that
             # could not remove the folder itself. State files we wrote while it
             # ran may name images it deleted; the next run starts over without.
+            # A save in the background could write them again: it ends first.
+            self.saver.wait()
             with contextlib.suppress(StorageError):
                 remove_store_files(self.data_dir, self.store.name)
         raise _gone(self.data_dir)
