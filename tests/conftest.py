@@ -30,6 +30,23 @@ CATEGORY_FIELDS = {"main": "main_images", "sku": "sku_images", "qc": "qc_images"
 _INDEX = re.compile(r"^(?P<cat>[a-z0-9_]+)_(?P<n>\d+)\.[a-z0-9]+$")
 
 
+@pytest.fixture
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy from the environment: it would capture requests to 127.0.0.1."""
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Iterator[Path]:
+    """A product folder; after the test no temporary file may remain."""
+    target = tmp_path / "images" / "p1"
+    yield target
+    temps = sorted(tmp_path.rglob(".imgfetch-*.tmp"))
+    assert not temps, f"temporary files left: {temps}"
+
+
 @pytest.fixture(params=["blocking", "multiplexer"])
 def fetch_driver(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from imgfetch.testimages import IMAGE_FORMATS
 from imgfetch.testserver import ImageServer
 
 # Every test runs with both drivers of a download (see conftest.fetch_driver).
-pytestmark = pytest.mark.usefixtures("fetch_driver")
+pytestmark = pytest.mark.usefixtures("fetch_driver", "no_proxy")
 
 EXT = {
     "jpeg": "jpg",
@@ -84,23 +83,6 @@ class RecordingEvent(threading.Event):
                 self.skipped += timeout
                 return self.is_set()
         return super().wait(timeout)
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A proxy in the environment would capture requests to 127.0.0.1.
-    for name in ("http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> Iterator[Path]:
-    """The product folder; after every test no temporary file may remain."""
-    target = tmp_path / "images" / "p1"
-    yield target
-    temps = sorted(tmp_path.rglob(".imgfetch-*.tmp"))
-    assert not temps, f"temporary files left: {temps}"
 
 
 def make(config: FetchConfig = FAST, abort: threading.Event | None = None) -> Fetcher:

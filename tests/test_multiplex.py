@@ -6,7 +6,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,8 @@ from imgfetch.fetch import Aborted, FetchConfig, Fetcher, ImageFailed, SavedImag
 from imgfetch.multiplex import Multiplexer, Result
 from imgfetch.testserver import ImageServer
 
+pytestmark = pytest.mark.usefixtures("no_proxy")
+
 FAST = FetchConfig(
     connect_timeout=2.0,
     read_timeout=2.0,
@@ -26,23 +28,6 @@ FAST = FetchConfig(
     max_retry_wait=0.05,
     per_host=32,
 )
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A proxy in the environment would capture requests to 127.0.0.1.
-    for name in ("http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> Iterator[Path]:
-    """The product folder; after every test no temporary file may remain."""
-    target = tmp_path / "images" / "p1"
-    yield target
-    temps = sorted(tmp_path.rglob(".imgfetch-*.tmp"))
-    assert not temps, f"temporary files left: {temps}"
 
 
 def run_all(
