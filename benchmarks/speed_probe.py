@@ -166,7 +166,8 @@ def main() -> None:
         json.dump(timings.data, sink)
     sys.stdout.flush()
     sys.stderr.flush()
-    # Like the real entry point: a worker stuck in a read must not keep us alive.
+    # Like the real entry point: a thread stuck on a dead disk must not keep us
+    # alive.
     os._exit(code)
 
 

@@ -832,9 +832,10 @@ def _error(message: str, verbose: bool, msg: Messages) -> None:
 
 
 def entry() -> None:
-    """Console-script entry point."""
+    """Run the command line to its end and exit with its code (launch.entry
+    calls it once signals are caught)."""
     code = main()
-    # A worker stuck in a socket read (or the catalog reader stuck on a FIFO)
+    # An I/O thread stuck on a dead disk (or the catalog reader stuck on a FIFO)
     # cannot be stopped; the state is already saved, so end the process without
     # waiting on it (daemon threads can also crash interpreter shutdown while
     # they hold stdio locks).

@@ -190,7 +190,7 @@ class Engine:
         return RunResult(
             # Only a signal the run stopped for: one that lands after the last
             # product (nothing pending) ends a complete run, not an interrupted one.
-            # (stop_starting cannot tell: _stop_workers sets it on every exit.)
+            # (stop_starting cannot tell: _stop_downloads sets it on every exit.)
             signal=self.signals.first_signal if self.interrupted else None,
             completed=self.store.completed_count(),
             pending=self.store.pending_count(),

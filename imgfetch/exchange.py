@@ -1,11 +1,11 @@
 """One HTTP request over libcurl (pycurl): status, redirect target, body to a sink.
 
-libcurl does the connection, TLS, decoding and framing in C with the GIL released,
-so a worker thread costs Python time only for the body chunks it hands over. That
-is why it replaced requests, which cost 1.7 CPU ms per image in 32 threads where
-this costs about 0.35 (benchmarks/RESULTS.md, #6). Each worker thread keeps its own
-easy handle, and with it its connections; the handles share DNS answers, TLS
-sessions and cookies.
+libcurl does the connection, TLS, decoding and framing in C, and Python sees only
+the body chunks it hands over. That is why it replaced requests, which cost 1.7
+CPU ms per image in 32 threads (benchmarks/RESULTS.md, #6). Easy handles are
+pooled and keep their connections; they share DNS answers, TLS sessions and
+cookies. `get` performs one request on the calling thread; the multiplexer runs
+many at once with `prepare` and `conclude` around libcurl's multi interface.
 
 A failed transfer becomes a `Permanent` or `Transient` from classify.py, with a
 reason that names neither the URL nor a header.

@@ -117,7 +117,7 @@ class _Image:
 
 
 class Fetcher:
-    """Saves images into folders; shared by all worker threads."""
+    """Saves images into folders: one for the whole run, whoever drives it."""
 
     def __init__(
         self,
