@@ -107,8 +107,9 @@ class Exchange:
 class Client:
     """libcurl handles, with the options shared by all of them.
 
-    `get` performs a request on the calling thread's own handle; the multiplexer
-    takes handles with `pooled` and drives many at once (imgfetch/multiplex.py).
+    `get` performs a request on the calling thread with a pooled handle; the
+    multiplexer takes handles with `pooled` and drives many at once
+    (imgfetch/multiplex.py).
     """
 
     def __init__(
@@ -124,7 +125,6 @@ class Client:
         self.proxy = proxy
         self.stopped = stopped
         self.ca_bundle = _ca_bundle()
-        self._local = threading.local()
         self._handles: list[pycurl.Curl] = []
         self._spare: list[_Handle] = []
         self._lock = threading.Lock()
@@ -145,17 +145,18 @@ class Client:
                 handle.close()
 
     def get(self, request: Request) -> Answer:
-        """GET once on this thread's own handle, blocking; see `conclude`."""
-        handle: _Handle | None = getattr(self._local, "handle", None)
-        if handle is None:
-            handle = self._local.handle = self.pooled()
-        exchange = self.prepare(handle, request)
-        error = None
+        """GET once on a pooled handle, blocking this thread; see `conclude`."""
+        handle = self.pooled()
         try:
-            handle.curl.perform()
-        except pycurl.error as exc:
-            error = exc.args
-        return self.conclude(exchange, error)
+            exchange = self.prepare(handle, request)
+            error = None
+            try:
+                handle.curl.perform()
+            except pycurl.error as exc:
+                error = exc.args
+            return self.conclude(exchange, error)
+        finally:
+            self.release(handle)
 
     def pooled(self) -> _Handle:
         """A handle nobody is using: a spare one, else a new one."""

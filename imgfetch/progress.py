@@ -193,19 +193,19 @@ def choose_view(
     mode: str,
     msg: Messages,
     tally: Tally,
-    console: Console | Callable[[], Console],
+    console: Callable[[], Console],
     out: Callable[[str], None],
 ) -> ProgressView:
     """`auto` is rich on a terminal and plain lines anywhere else.
 
-    `console` may be the function that makes it, called only for `auto` and `rich`:
-    plain and silent runs then never import rich.
+    `console` makes the Console, called only for `auto` and `rich`: plain and
+    silent runs then never import rich.
     """
     if mode == "plain":
         return PlainView(msg, tally, out)
     if mode not in ("auto", "rich"):
         return ProgressView(msg, tally)
-    terminal = console() if callable(console) else console
+    terminal = console()
     if mode == "rich" or (terminal.is_terminal and not terminal.is_dumb_terminal):
         return RichView(msg, tally, terminal)
     return PlainView(msg, tally, out)

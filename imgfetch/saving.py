@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import StateStore
@@ -50,7 +50,6 @@ class _Save:
     thread: threading.Thread | None = None
     written: bool = False  # False: the data directory moved, nothing written
     error: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Saver:
@@ -96,11 +95,10 @@ class Saver:
     def maybe(self) -> None:
         """Start a save in the background when one is due; first take in the
         one that ended, raising what it failed with."""
-        running = self._running
-        if running is not None:
-            if not running.done.is_set():
-                return
-            self._take_in(running)
+        if self.busy:
+            return
+        if self._running is not None:
+            self._take_in(self._running)
         if self._due():
             self._start()
 
@@ -112,6 +110,12 @@ class Saver:
         save = self._begin()
         self._write(save)
         self._take_in(save)
+
+    @property
+    def busy(self) -> bool:
+        """A save is running in the background."""
+        thread = self._running.thread if self._running is not None else None
+        return thread is not None and thread.is_alive()
 
     def wait(self) -> None:
         """Let a save in the background end (its outcome is dropped: this is for
@@ -167,8 +171,6 @@ class Saver:
             save.written = True
         except BaseException as exc:  # handed to the engine's thread
             save.error = exc
-        finally:
-            save.done.set()
 
     def _sync(self, folders: set[Path]) -> None:
         if folders and BATCH_SYNC:

@@ -29,12 +29,13 @@ def test_auto_is_plain_off_a_terminal_and_rich_on_one() -> None:
     msg, tally = Messages("en"), Tally()
     lines: list[str] = []
     assert isinstance(
-        choose_view("auto", msg, tally, _console(False), lines.append), PlainView
+        choose_view("auto", msg, tally, lambda: _console(False), lines.append),
+        PlainView,
     )
     assert isinstance(
-        choose_view("auto", msg, tally, _console(True), lines.append), RichView
+        choose_view("auto", msg, tally, lambda: _console(True), lines.append), RichView
     )
-    none = choose_view("none", msg, tally, _console(True), lines.append)
+    none = choose_view("none", msg, tally, lambda: _console(True), lines.append)
     assert type(none) is ProgressView
 
 

@@ -81,7 +81,7 @@ def finish(saver: Saver, pid: str, tmp_path: Path) -> None:
 
 def wait_until_done(saver: Saver) -> None:
     deadline = time.monotonic() + 20
-    while saver._running is not None and not saver._running.done.is_set():
+    while saver.busy:
         assert time.monotonic() < deadline, "the save never ended"
         time.sleep(0.01)
 

@@ -26,7 +26,7 @@ DOCUMENTS = [
     b'[{"id": "1"}]',
     json.dumps(
         [
-            {"id": "中文", "main_images": ["http://x/图片.jpg"], "n": 12345678901234},
+            {"id": "中文", "main_images": ["http://x/图片.jpg"], "n": 123456789012},
             {"quote": 'say "hi" \\ back', "u": "\\u00e9\u00e9", "emoji": "\U0001f600"},
             [1, 2.5e-3, True, False, None, [[]], {}],
             -0.0,

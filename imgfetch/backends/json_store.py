@@ -364,19 +364,19 @@ class JsonStore(StateStore):
     def _copy_pending(self, fd: int) -> None:
         """Write the pending file's content: "[", the texts joined by commas, and
         the closing bracket, as `dump_json` of the records would write it."""
-        out = _Output(fd)
-        out.write(b"[")
         files = self._files()
-        first = True
-        for source, start, end in _stretches(self._pending.values()):
-            if not first:
-                out.write(b",")
-            first = False
-            for piece in range(start, end, _BLOCK):
-                size = min(_BLOCK, end - piece)
-                out.write(_read_exactly(files, source, piece, size))
-        out.write(b"\n]\n")
-        out.flush()
+        # closefd=False: the caller fsyncs the descriptor and closes it.
+        with open(fd, "wb", buffering=_BLOCK, closefd=False) as out:
+            out.write(b"[")
+            first = True
+            for source, start, end in _stretches(self._pending.values()):
+                if not first:
+                    out.write(b",")
+                first = False
+                for piece in range(start, end, _BLOCK):
+                    size = min(_BLOCK, end - piece)
+                    out.write(_read_exactly(files, source, piece, size))
+            out.write(b"\n]\n")
 
     def _files(self) -> dict[int, _OpenFile]:
         files = {}
@@ -565,23 +565,6 @@ def _read_exactly(
             # written, so no record is read from it.
             raise OSError(errno.EIO, "the file is shorter than imgfetch wrote it")
     return data
-
-
-class _Output:
-    """Buffered writes to a file descriptor, a block at a time."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._buffer = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) >= _BLOCK:
-            self.flush()
-
-    def flush(self) -> None:
-        write_all(self._fd, bytes(self._buffer))
-        self._buffer = bytearray()
 
 
 def _open_pending(path: Path) -> _OpenFile | None:
